@@ -1,9 +1,34 @@
-"""spindoctor_torch: a differentiable SpinDoctor in PyTorch."""
+"""spindoctor_torch: a differentiable SpinDoctor in PyTorch.
+
+Catalogue
+---------
+Meshes      TetMesh, read_mesh, write_mesh, mesh.box / sphere / cylinder, geometry.create_geometry
+Physics     Model, assemble (M, K, R, Q, J, G)
+Sequences   PGSE, DoublePGSE, CosOGSE, SinOGSE, CustomProfile, Waveform3D, Experiment
+Solvers     solve_btpde, solve_mf, compute_laplace_eig, solve_hadc, compute_adc_sta,
+            solve_karger, solve_analytical, free_diffusion
+Results     Result (signal [ncompartment, namplitude, nsequence, ndirection])
+"""
 
 __version__ = "0.1.0"
 
 from . import mesh
 from .errors import MeshError, SetupError, SolverError, SpinDoctorWarning
+from .fem import FEMatrices, assemble
 from .mesh import TetMesh
+from .model import Model
+from .result import Result
 
-torch_default_dtype = None  # the package works in the dtype of mesh.points (float64 default)
+__all__ = [
+    "__version__",
+    "mesh",
+    "MeshError",
+    "SetupError",
+    "SolverError",
+    "SpinDoctorWarning",
+    "TetMesh",
+    "Model",
+    "assemble",
+    "FEMatrices",
+    "Result",
+]
