@@ -76,8 +76,8 @@ class UnitWarning(UserWarning):
 
 def _values_for_check(value: object, name: str) -> torch.Tensor:
     """Detached float64 CPU view of ``value`` used only for validation."""
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be a number or a tensor, got bool {value!r}")
+    if isinstance(value, bool | str | bytes):
+        raise TypeError(f"{name} must be a number or a tensor, got {value!r}")
     if isinstance(value, torch.Tensor):
         if value.is_complex():
             raise TypeError(f"{name} must be real, got a complex tensor")

@@ -385,7 +385,7 @@ def test_custom_profile_validation() -> None:
 def test_expression_semantics() -> None:
     custom = CustomProfile("where(t < 10, 1, 2) * (100 <= t < 200) + ~(t > 500) * 0", 1000.0)
     t = torch.tensor([5.0, 50.0, 150.0, 250.0], dtype=torch.float64)
-    torch.testing.assert_close(custom.f(t), torch.tensor([0.0, 0.0, 2.0, 0.0]).double())
+    torch.testing.assert_close(custom.f(t), torch.tensor([0.0, 0.0, 2.0, 0.0], dtype=torch.float64))
     custom = CustomProfile("sqrt(t) - clamp(t, 0, 4)", 1000.0)
     torch.testing.assert_close(
         custom.f(torch.tensor([9.0]).double()), torch.tensor([-1.0]).double()
@@ -430,7 +430,9 @@ def test_waveform3d_samples_match_quadrature() -> None:
     )
     t = [150.0, 1000.0, 3000.0, 5000.0, 6200.0]
     want = torch.tensor([[comp_F(c, x) for c in range(3)] for x in t], dtype=torch.float64)
-    torch.testing.assert_close(wave.F(torch.tensor(t).double()), want, rtol=1e-11, atol=1e-9)
+    torch.testing.assert_close(
+        wave.F(torch.tensor(t, dtype=torch.float64)), want, rtol=1e-11, atol=1e-9
+    )
     assert Sequence.from_dict(wave.to_dict()) == wave
 
 
