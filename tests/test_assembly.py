@@ -284,6 +284,21 @@ def test_gradcheck_volume_quadratic_forms_and_q():
     assert torch.autograd.gradcheck(f, args, eps=1e-7, atol=1e-9, rtol=1e-6)
 
 
+def test_gradcheck_full_tensor_diffusivity_and_first_moments():
+    """The analytic backward of the volume terms w.r.t. points and a full tensor D."""
+    mesh0 = structured_slabs([0.5, 0.5], (0.5, 0.5), h=0.25, jitter=0.15, seed=4)
+    w = torch.tensor(np.random.default_rng(2).normal(size=mesh0.ndof))
+    a = np.random.default_rng(3).normal(size=(2, 3, 3))
+    dten = torch.tensor(1e-3 * (a @ a.transpose(0, 2, 1) + np.eye(3)), requires_grad=True)
+
+    def f(points, d):
+        m = assemble(Model(mesh0.with_points(points), diffusivity=(d + d.transpose(1, 2)) / 2))
+        return m.K.bilinear(w, w), m.J[2].bilinear(w, w), m.M.bilinear(w, w)
+
+    pts = mesh0.points.detach().clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(f, (pts, dten), eps=1e-7, atol=1e-9, rtol=1e-6)
+
+
 def test_reassembly_after_vertex_move_reuses_pattern():
     mesh = structured_box((1, 1, 1), (3, 3, 3), jitter=0.1)
     a = assemble(Model(mesh))

@@ -24,8 +24,9 @@ import torch
 
 from ..linalg.sparse import SparseMatrix
 from ..model import Model
-from .elements import tet_first_moments, tet_geometry, tet_mass, tet_stiffness, triangle_mass
+from .elements import tet_geometry, tet_mass, triangle_mass
 from .pattern import FEMPattern, fem_pattern
+from .tet_assembly import assemble_volume_terms
 
 __all__ = ["FEMatrices", "assemble", "assemble_mass", "facet_mass_values"]
 
@@ -160,22 +161,15 @@ def assemble(model: Model) -> FEMatrices:
     """
     mesh = model.mesh
     fp = fem_pattern(mesh)
-    p = mesh.points[mesh.tets]  # (M, 4, 3)
-    vol, grads = tet_geometry(p)
-    cmpt = mesh.tet_compartment
-    m_e = tet_mass(vol)
-    M = SparseMatrix(fp.pattern, _scatter(fp, m_e, mesh.points))
-    k_e = tet_stiffness(vol, grads, model.diffusivity[cmpt])
-    K = SparseMatrix(fp.pattern, _scatter(fp, k_e, mesh.points))
+    vals = assemble_volume_terms(mesh, model.diffusivity, fp)  # (nnz, 5): M, K, Jx, Jy, Jz
+    M = SparseMatrix(fp.pattern, vals[:, 0])
+    K = SparseMatrix(fp.pattern, vals[:, 1])
+    J = tuple(SparseMatrix(fp.pattern, vals[:, 2 + d]) for d in range(3))
     inv_t2 = 1.0 / model.relaxation  # 0 for T2 = inf
     R = SparseMatrix(fp.pattern, M.values * inv_t2[fp.dof_compartment[fp.pattern.rows]])
-    j_e = tet_first_moments(vol, p)
-    J = tuple(SparseMatrix(fp.pattern, _scatter(fp, j_e[d], mesh.points)) for d in range(3))
     area_vec = mesh.facet_area_vectors()
     areas = torch.linalg.vector_norm(area_vec, dim=1)
     Q = SparseMatrix(fp.pattern, facet_mass_values(model, fp, areas))
     G = _boundary_vectors(model, fp, area_vec)
-    volumes = torch.zeros(mesh.ncompartment, dtype=vol.dtype, device=vol.device).index_add(
-        0, cmpt, vol
-    )
+    volumes = mesh.compartment_volumes()
     return FEMatrices(M=M, K=K, R=R, Q=Q, J=J, G=G, volumes=volumes, fem=fp)
