@@ -195,6 +195,8 @@ class Experiment:
                 return torch.tensor([[1.0, 0.0, 0.0]], dtype=torch.float64, device=device)
             raise ValueError("directions is required (an (ndirection, 3) array of vectors)")
         d = _float_tensor(directions, "directions")
+        if not isinstance(directions, torch.Tensor):
+            d = d.to(device)
         if d.ndim == 1:
             d = d.reshape(1, -1)
         if d.ndim != 2 or d.shape[1] != 3 or d.shape[0] == 0:

@@ -295,6 +295,8 @@ class _Expression:
                 ok = False
             if isinstance(sub, ast.UnaryOp) and type(sub.op) not in _EXPR_UNARY:
                 ok = False
+            if isinstance(sub, ast.Compare) and any(type(o) not in _EXPR_COMPARE for o in sub.ops):
+                ok = False
             if isinstance(sub, ast.Constant) and (
                 isinstance(sub.value, bool) or not isinstance(sub.value, int | float)
             ):
@@ -327,6 +329,8 @@ class _Expression:
         if isinstance(node, ast.Constant):
             return float(node.value)
         if isinstance(node, ast.Name):
+            if node.id in _EXPR_FUNCTIONS:
+                raise ValueError(f"{node.id!r} is a function: call it, e.g. {node.id}(t)")
             return t if node.id == "t" else _EXPR_CONSTANTS[node.id]
         if isinstance(node, ast.BinOp):
             return _EXPR_BINOPS[type(node.op)](self._eval(node.left, t), self._eval(node.right, t))
@@ -846,8 +850,10 @@ class PGSE(_TwoLobe):
     Examples
     --------
     >>> seq = PGSE(delta=2000.0, Delta=6000.0)
-    >>> seq.bvalue_no_q  # δ²(Δ − δ/3), µs³
-    21333333333.333336
+    >>> round(seq.bvalue_no_q)  # δ²(Δ − δ/3), µs³
+    21333333333
+    >>> round(float(seq.j(1e-3)), 12)  # 1/µs
+    0.000105795795
     """
 
     def _lobe(self, tau: torch.Tensor) -> torch.Tensor:
