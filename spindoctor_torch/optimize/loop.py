@@ -1,0 +1,274 @@
+"""The optimization loop: Adam or L-BFGS with a mesh-quality guard, checkpoints and history."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import SetupError, SolverError
+from ..mesh.quality import radius_ratios
+from .parameterizations import Parameterization, PhysicalParameters
+
+__all__ = ["History", "QualityGuard", "fit"]
+
+
+@dataclass
+class History:
+    """Per-iteration record of an optimization: loss, parameter values, timings, quality."""
+
+    loss: list[float] = field(default_factory=list)
+    parameters: list[dict[str, list]] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+    min_radius_ratio: list[float] = field(default_factory=list)
+    events: list[str] = field(default_factory=list)
+
+    @property
+    def niter(self) -> int:
+        return len(self.loss)
+
+    def append(self, loss: float, values: dict, seconds: float, quality: float) -> None:
+        self.loss.append(float(loss))
+        self.parameters.append({k: np.asarray(v).tolist() for k, v in values.items()})
+        self.seconds.append(float(seconds))
+        self.min_radius_ratio.append(float(quality))
+
+    def trajectory(self, name: str) -> np.ndarray:
+        """(niter, ...) values of parameter ``name`` over the iterations."""
+        return np.array([p[name] for p in self.parameters])
+
+    def to_dict(self) -> dict:
+        return {
+            "loss": self.loss,
+            "parameters": self.parameters,
+            "seconds": self.seconds,
+            "min_radius_ratio": self.min_radius_ratio,
+            "events": self.events,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> History:
+        return cls(**{k: list(v) for k, v in d.items()})
+
+    def save(self, path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict()))
+
+    def plot(self, path=None, *, names: Sequence[str] | None = None, truth: dict | None = None):
+        """Loss curve and parameter trajectories (matplotlib Figure; saved if ``path``)."""
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+
+        names = [
+            n
+            for n in (names or list(self.parameters[0]) if self.parameters else [])
+            if np.asarray(self.parameters[0][n]).size <= 6
+        ]
+        fig, axes = plt.subplots(1, 1 + len(names), figsize=(4 * (1 + len(names)), 3.2))
+        axes = np.atleast_1d(axes)
+        axes[0].semilogy(np.arange(self.niter), self.loss, "k-")
+        axes[0].set_xlabel("iteration")
+        axes[0].set_ylabel("loss")
+        axes[0].set_title("loss")
+        for ax, n in zip(axes[1:], names):
+            traj = self.trajectory(n).reshape(self.niter, -1)
+            ax.plot(traj)
+            if truth and n in truth:
+                for t in np.atleast_1d(truth[n]):
+                    ax.axhline(t, color="r", ls="--", lw=1)
+            ax.set_xlabel("iteration")
+            ax.set_title(n)
+        fig.tight_layout()
+        if path is not None:
+            fig.savefig(path, dpi=120)
+        return fig
+
+
+@dataclass
+class QualityGuard:
+    """Rejects steps that invert or badly degrade tetrahedra.
+
+    A step is accepted when no tet of ``geometry.mesh()`` is inverted and the minimum
+    normalized radius ratio stays above ``min_radius_ratio`` (or above ``relative`` × its
+    initial value, whichever is lower). A rejected step is retried with half the step size
+    (up to ``max_backtracks`` times); if it still fails, ``remesh`` (a callable taking the
+    parameterization and returning a new one, e.g. re-tetrahedralizing the current surface
+    with gmsh) is called when given, otherwise the optimization stops with the last good
+    state.
+    """
+
+    min_radius_ratio: float = 0.02
+    relative: float = 0.2
+    max_backtracks: int = 6
+    remesh: Callable[[Parameterization], Parameterization] | None = None
+
+    def quality(self, geometry: Parameterization) -> tuple[bool, float]:
+        with torch.no_grad():
+            mesh = geometry.mesh()
+            vol = mesh.tet_signed_volumes()
+            rr = radius_ratios(mesh.points, mesh.tets)
+            return bool((vol > 0).all()), float(rr.min())
+
+
+def _groups(params) -> list:
+    if isinstance(params, (Parameterization, PhysicalParameters)):
+        return [params]
+    return list(params)
+
+
+def fit(
+    objective: Callable[[], torch.Tensor],
+    params,
+    *,
+    geometry: Parameterization | None = None,
+    optimizer: str = "adam",
+    lr: float | dict = 0.05,
+    maxiter: int = 100,
+    tol: float = 0.0,
+    guard: QualityGuard | None = None,
+    checkpoint: str | Path | None = None,
+    checkpoint_every: int = 10,
+    resume: bool = False,
+    seed: int | None = 0,
+    callback: Callable[[int, float], None] | None = None,
+    quiet: bool = False,
+) -> History:
+    """Minimize ``objective()`` over the leaf tensors of ``params``.
+
+    Parameters
+    ----------
+    objective : callable () -> scalar tensor
+        Recomputes the loss from the current parameter values (build the mesh with
+        ``geometry.mesh()`` inside it).
+    params : Parameterization, PhysicalParameters or a list of them
+    geometry : Parameterization, optional
+        The shape parameterization to guard (default: the first Parameterization in
+        ``params``).
+    optimizer : {"adam", "lbfgs"}
+    lr : float or {parameter name: float}
+        Learning rate (Adam) or initial step (L-BFGS); per-parameter rates for Adam.
+    maxiter : int
+        Iterations (Adam steps or L-BFGS outer iterations).
+    tol : float
+        Stop when the relative loss change over 5 iterations is below ``tol``.
+    guard : QualityGuard, optional (default QualityGuard())
+    checkpoint : path, optional
+        Save parameters, optimizer state and history every ``checkpoint_every`` iterations;
+        with ``resume=True`` an existing checkpoint is loaded first.
+    seed : int, optional
+        Seeds torch's RNG (for stochastic objectives); runs are reproducible.
+
+    Returns
+    -------
+    History
+    """
+    groups = _groups(params)
+    if not groups:
+        raise SetupError("params is empty: nothing to optimize")
+    if geometry is None:
+        geometry = next((g for g in groups if isinstance(g, Parameterization)), None)
+    guard = guard or QualityGuard()
+    if seed is not None:
+        torch.manual_seed(seed)
+    named = {f"{k}:{n}": t for k, g in enumerate(groups) for n, t in g.parameters.items()}
+    if optimizer == "adam":
+        if isinstance(lr, dict):
+            plist = [
+                {"params": [t], "lr": lr.get(n.split(":", 1)[1], 0.05)} for n, t in named.items()
+            ]
+        else:
+            plist = [{"params": list(named.values()), "lr": lr}]
+        opt = torch.optim.Adam(plist)
+    elif optimizer == "lbfgs":
+        opt = torch.optim.LBFGS(
+            list(named.values()),
+            lr=float(lr) if not isinstance(lr, dict) else 1.0,
+            max_iter=5,
+            line_search_fn="strong_wolfe",
+        )
+    else:
+        raise SetupError(f"optimizer = {optimizer!r}; allowed: 'adam', 'lbfgs'")
+
+    def snapshot() -> dict:
+        return {f"{k}:{n}": v for k, g in enumerate(groups) for n, v in g.values().items()}
+
+    def restore(vals: dict) -> None:
+        for k, g in enumerate(groups):
+            g.set_values({n: vals[f"{k}:{n}"] for n in g.parameters})
+
+    history = History()
+    start = 0
+    ckpt = Path(checkpoint) if checkpoint else None
+    if ckpt and resume and ckpt.exists():
+        state = torch.load(ckpt, weights_only=False)
+        restore(state["values"])
+        opt.load_state_dict(state["optimizer"])
+        history = History.from_dict(state["history"])
+        start = history.niter
+        history.events.append(f"resumed at iteration {start}")
+    initial_quality = guard.quality(geometry)[1] if geometry is not None else 1.0
+    floor = min(guard.min_radius_ratio, guard.relative * initial_quality)
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(range(start, maxiter), disable=quiet, desc=f"fit ({optimizer})", leave=False)
+    for it in bar:
+        t0 = time.perf_counter()
+        good = snapshot()
+
+        def closure(it=it):
+            opt.zero_grad()
+            loss = objective()
+            if not torch.isfinite(loss):
+                raise SolverError(f"objective returned {float(loss)} at iteration {it}")
+            loss.backward()
+            return loss
+
+        if optimizer == "adam":
+            loss = closure()
+            step_scales = [pg["lr"] for pg in opt.param_groups]
+            opt.step()
+        else:
+            loss = opt.step(closure)
+        ok, q = guard.quality(geometry) if geometry is not None else (True, 1.0)
+        nback = 0
+        while geometry is not None and (not ok or q < floor) and nback < guard.max_backtracks:
+            # Backtrack: halve the step from the last good state.
+            new = snapshot()
+            restore({k: good[k] + 0.5 * (new[k] - good[k]) for k in good})
+            ok, q = guard.quality(geometry)
+            nback += 1
+        if geometry is not None and (not ok or q < floor):
+            restore(good)
+            if guard.remesh is None:
+                history.events.append(f"iteration {it}: quality guard stopped the fit")
+                break
+            geometry = guard.remesh(geometry)
+            history.events.append(f"iteration {it}: remeshed")
+            ok, q = guard.quality(geometry)
+        if nback:
+            history.events.append(f"iteration {it}: step halved {nback} time(s)")
+        if optimizer == "adam":
+            for pg, s in zip(opt.param_groups, step_scales):
+                pg["lr"] = s
+        history.append(float(loss.detach()), snapshot(), time.perf_counter() - t0, q)
+        bar.set_postfix(loss=f"{float(loss):.3e}")
+        if callback is not None:
+            callback(it, float(loss))
+        if ckpt and ((it + 1) % checkpoint_every == 0 or it + 1 == maxiter):
+            torch.save(
+                {"values": snapshot(), "optimizer": opt.state_dict(), "history": history.to_dict()},
+                ckpt,
+            )
+        if tol > 0 and history.niter > 5:
+            old = history.loss[-6]
+            if abs(old - history.loss[-1]) <= tol * abs(old):
+                history.events.append(f"iteration {it}: converged (tol {tol})")
+                break
+    return history
