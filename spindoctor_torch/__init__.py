@@ -14,10 +14,13 @@ __version__ = "0.1.0"
 
 from . import mesh
 from .errors import MeshError, SetupError, SolverError, SpinDoctorWarning
+from .experiment import Experiment, half_sphere, unit_circle, unit_sphere
 from .fem import FEMatrices, assemble
 from .mesh import TetMesh
 from .model import Model
 from .result import Result
+from .sequences import PGSE, CosOGSE, CustomProfile, DoublePGSE, Sequence, SinOGSE, Waveform3D
+from .units import GAMMA, b_from_q, g_from_q, q_from_b, q_from_g
 
 __all__ = [
     "__version__",
@@ -31,4 +34,20 @@ __all__ = [
     "assemble",
     "FEMatrices",
     "Result",
+    "Experiment",
+    "unit_sphere",
+    "half_sphere",
+    "unit_circle",
+    "Sequence",
+    "PGSE",
+    "DoublePGSE",
+    "CosOGSE",
+    "SinOGSE",
+    "CustomProfile",
+    "Waveform3D",
+    "GAMMA",
+    "q_from_b",
+    "b_from_q",
+    "q_from_g",
+    "g_from_q",
 ]
