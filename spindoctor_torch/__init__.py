@@ -17,6 +17,8 @@ from .errors import MeshError, SetupError, SolverError, SpinDoctorWarning
 from .experiment import Experiment, half_sphere, unit_circle, unit_sphere
 from .fem import FEMatrices, assemble
 from .mesh import TetMesh
+from .mesh.io import read_mesh, write_mesh
+from .mesh.surface import mesh_surface, tetmesh_to_trimesh
 from .model import Model
 from .result import Result
 from .sequences import PGSE, CosOGSE, CustomProfile, DoublePGSE, Sequence, SinOGSE, Waveform3D
@@ -30,6 +32,10 @@ __all__ = [
     "SolverError",
     "SpinDoctorWarning",
     "TetMesh",
+    "read_mesh",
+    "write_mesh",
+    "mesh_surface",
+    "tetmesh_to_trimesh",
     "Model",
     "assemble",
     "FEMatrices",
