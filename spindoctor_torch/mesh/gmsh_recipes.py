@@ -621,8 +621,8 @@ def soma_dendrites(
     h : target edge length, µm (default ``dendrite_radii[1]``, so the tips are resolved).
     refinement : SpinDoctor/TetGen maximum tet volume, µm³, instead of ``h``.
     msh_path : also write the gmsh volume mesh there (MSH 4.1).
-    stl_path : also write the outer surface triangulation there (STL), e.g. as input for
-        surface-based neuron pipelines.
+    stl_path : also write the outer surface triangulation there (binary STL), e.g. as
+        input for surface-based neuron pipelines.
     """
     rs = _check_positive("soma_radius", soma_radius)
     length = _check_positive("dendrite_length", dendrite_length)
@@ -650,6 +650,7 @@ def soma_dendrites(
         mesh = mesh_model(ses, vol_label, surf, size, msh_path=msh_path)
         if stl_path is not None:
             ses.option("Mesh.SaveAll", 0)
+            ses.option("Mesh.Binary", 1)  # binary STL: 50 bytes per triangle
             ses.gmsh.write(str(stl_path))
         return mesh
 
