@@ -27,7 +27,7 @@ from pathlib import Path
 import gmsh
 
 from spindoctor_torch.geometry import CellSetup, create_cells
-from spindoctor_torch.geometry.create import _build
+from spindoctor_torch.geometry.create import build_cells_model
 from spindoctor_torch.mesh.gmsh_recipes import gmsh_session, tetmesh_from_gmsh
 
 ALGORITHMS = {"hxt": 10, "delaunay": 1}
@@ -37,7 +37,7 @@ def run_once(setup: CellSetup, algorithm: int, threads: int | None) -> dict:
     cells = create_cells(setup)
     with gmsh_session("bench", nthreads=threads) as ses:
         t0 = time.perf_counter()
-        vol_label, surf_label = _build(ses, setup, cells)
+        vol_label, surf_label = build_cells_model(ses, setup, cells)
         t1 = time.perf_counter()
         for lab in sorted(set(vol_label.values())):
             ses.model.addPhysicalGroup(3, [t for t, v in vol_label.items() if v == lab], tag=lab)

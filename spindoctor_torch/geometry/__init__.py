@@ -8,7 +8,7 @@
 """
 
 from .cells import Cells, create_cells, surface_gaps
-from .create import boundary_index, create_geometry
+from .create import boundary_index, build_cells_model, create_geometry
 from .ecs import add_ecs_solid, circle_hull, fibonacci_sphere, sphere_hull
 from .setup import CELL_SHAPES, ECS_SHAPES, CellSetup
 
@@ -21,6 +21,7 @@ __all__ = [
     "surface_gaps",
     "create_geometry",
     "boundary_index",
+    "build_cells_model",
     "add_ecs_solid",
     "sphere_hull",
     "circle_hull",

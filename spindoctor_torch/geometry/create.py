@@ -44,7 +44,7 @@ from .cells import Cells, create_cells
 from .ecs import add_ecs_solid
 from .setup import CellSetup
 
-__all__ = ["create_geometry", "boundary_index"]
+__all__ = ["create_geometry", "build_cells_model", "boundary_index"]
 
 
 def boundary_index(setup: CellSetup, group: int, cell: int) -> int:
@@ -104,7 +104,7 @@ def create_geometry(
         steps.update()
         with gmsh_session("cells") as ses:
             steps.set_postfix_str("building solids")
-            vol_label, surf_label = _build(ses, setup, cells)
+            vol_label, surf_label = build_cells_model(ses, setup, cells)
             steps.update()
             steps.set_postfix_str("meshing")
             mesh = mesh_model(
@@ -146,8 +146,15 @@ def _check_cells(setup: CellSetup, cells: Cells) -> None:
         raise MeshError("cell centres must be finite and radii positive")
 
 
-def _build(ses, setup: CellSetup, cells: Cells) -> tuple[dict[int, int], dict[int, int]]:
-    """OCC solids, fragment, and the physical labels (1-based compartment / boundary)."""
+def build_cells_model(ses, setup: CellSetup, cells: Cells) -> tuple[dict[int, int], dict[int, int]]:
+    """Add the cells, their layers and the ECS to the session's OCC model and fragment them.
+
+    Returns
+    -------
+    vol_label : {volume tag: compartment + 1}; surf_label : {surface tag: boundary + 1},
+    numbered as in the module docstring (ready for
+    :func:`~spindoctor_torch.mesh.gmsh_recipes.mesh_model`).
+    """
     occ = ses.occ
     ncell, nlayer = setup.ncell, setup.nlayer
     ratios = list(setup.layers) + [1.0]

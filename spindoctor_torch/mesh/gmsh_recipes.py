@@ -40,6 +40,7 @@ model or changed option behind, serializes concurrent use, and turns gmsh's erro
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -68,6 +69,7 @@ __all__ = [
 ]
 
 _LOCK = threading.RLock()
+_COUNTER = itertools.count()
 _GMSH_TET = 4  # gmsh element type of the 4-node tetrahedron
 _GMSH_TRI = 2  # gmsh element type of the 3-node triangle
 
@@ -129,7 +131,8 @@ def gmsh_session(
 
     Parameters
     ----------
-    name : model name.
+    name : model name prefix (a unique suffix is appended, so a user's model of the same
+        name is never touched).
     verbose : print gmsh's log to the terminal (``General.Terminal = 1``).
     nthreads : ``General.NumThreads`` (gmsh default when None; HXT uses it).
     """
@@ -146,6 +149,7 @@ def gmsh_session(
                 previous = gmsh.model.getCurrent()
             except Exception:  # no current model
                 previous = None
+        name = f"{name}-{next(_COUNTER)}"
         session = GmshSession(gmsh, name)
         try:
             session.option("General.Terminal", 1 if verbose else 0)
@@ -167,7 +171,7 @@ def gmsh_session(
                     gmsh.model.remove()
                 finally:
                     session._restore_options()
-                    if previous:
+                    if previous is not None:
                         gmsh.model.setCurrent(previous)
 
 
@@ -198,7 +202,9 @@ def tetmesh_from_gmsh(session: GmshSession | None = None) -> TetMesh:
     sorted_tags = node_tags[order]
 
     def to_index(tags: np.ndarray) -> np.ndarray:
-        pos = np.searchsorted(sorted_tags, tags)
+        pos = np.minimum(np.searchsorted(sorted_tags, tags), sorted_tags.shape[0] - 1)
+        if not np.array_equal(sorted_tags[pos], tags):
+            raise MeshError("gmsh elements refer to node tags that the model does not hold")
         return order[pos]
 
     def collect(dim: int, etype: int, nvert: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
