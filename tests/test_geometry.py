@@ -325,6 +325,22 @@ def test_bend_twist_applied_to_vertices():
     bent.check()  # no tet inverted by the deformation
 
 
+def test_folding_deformation_is_refused():
+    # SpinDoctor's setup_cylinders_full_settings bends a 1 µm high stack by 0.05: the
+    # parabola's curvature (≈ 0.05·30·W·2/H²) folds tets of edge ≈ 2 µm (refinement 1).
+    s = CellSetup(
+        cell_shape="cylinder",
+        ncell=1,
+        rmin=3.0,
+        rmax=3.0,
+        height=1.0,
+        bend=0.05,
+        refinement=1.0,
+    )
+    with pytest.raises(MeshError, match=r"bend = 0.05, twist = 0.0 invert \d+ of \d+ tetra"):
+        create_geometry(s, quiet=True)
+
+
 def test_cells_argument_is_checked():
     s = CellSetup(cell_shape="sphere", ncell=1, rmin=2.0, rmax=2.0)
     bad = Cells(centers=np.zeros((1, 2)), radii=np.ones(1))

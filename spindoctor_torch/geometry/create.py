@@ -88,8 +88,10 @@ def create_geometry(
     Raises
     ------
     SetupError
-        Bad setup or impossible packing. MeshError: gmsh failed, or the mesh lost a
-        compartment or boundary (use a smaller ``h``).
+        Bad setup or impossible packing.
+    MeshError
+        gmsh failed, the mesh lost a compartment or boundary, or the bend/twist inverted
+        tetrahedra (use a smaller ``h``).
     """
     from tqdm.auto import tqdm
 
@@ -127,6 +129,14 @@ def create_geometry(
             mesh = mesh.with_points(
                 bend_twist(mesh.points.detach(), setup.bend, setup.twist).detach()
             )
+            ninverted = int((mesh.tet_signed_volumes() <= 0).sum())
+            if ninverted:
+                raise MeshError(
+                    f"bend = {setup.bend}, twist = {setup.twist} invert {ninverted} of "
+                    f"{mesh.ntet} tetrahedra at h = {setup.mesh_size:g} µm (the maps are "
+                    f"volume-preserving, but straight-edged tets larger than their curvature "
+                    f"scale fold); use a smaller h or smaller deformations"
+                )
         steps.update()
     finally:
         steps.close()
