@@ -13,7 +13,7 @@ for ~1e5 tetrahedra (``--h``). For each 3-D algorithm we report the median over
 the tet count, the minimum dihedral angle and the mean radius ratio. gmsh runs on one
 thread (``General.NumThreads`` default) unless ``--threads`` says otherwise.
 
-Run: ``python benchmarks/bench_meshing.py [--h 0.55] [--repeat 3]``
+Run: ``python benchmarks/bench_meshing.py [--h 0.85] [--repeat 3]``
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def run_once(setup: CellSetup, algorithm: int, threads: int | None) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--h", type=float, default=0.55, help="target edge length, µm")
+    ap.add_argument("--h", type=float, default=0.85, help="target edge length, µm")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None, help="gmsh General.NumThreads")
     ap.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS), choices=ALGORITHMS)
