@@ -655,6 +655,7 @@ def parse_setup(
     gradient = _parse_gradient(top.table("gradient"))
     solvers = _parse_solvers(top.table("solvers"))
     output = _parse_output(top.table("output", {}), name)
+    top.allowed.append("tiny")
     top.finish({"simulation": " (put device/dtype at the top level)"})
     if tiny_table is not None:
         raw["tiny"] = tiny_table  # kept for provenance; hash covers the effective setup only
@@ -864,7 +865,9 @@ def _check_scalar(tab: _Table, key: str, v: Any, where: str, *, tensor: bool) ->
             raise tab.ctx.error(
                 tab.where, f"{where} = {_fmt(v)}: a tensor must be 3x3 numbers ({unit})"
             )
-        return [[float(x) for x in r] for r in v]
+        v = [[float(x) for x in r] for r in v]
+        _unit_check(tab, key, v, where)
+        return v
     if not _is_number(v):
         what = "a number or a 3x3 tensor" if tensor else "a number"
         raise tab.ctx.error(tab.where, f"{where} = {_fmt(v)}: must be {what} ({unit})")
@@ -877,7 +880,27 @@ def _check_scalar(tab: _Table, key: str, v: Any, where: str, *, tensor: bool) ->
         )
     if key != "relaxation" and v < 0:
         raise tab.ctx.error(tab.where, f"{where} = {v}: must be >= 0 ({unit})")
+    _unit_check(tab, key, v, where)
     return v
+
+
+def _unit_check(tab: _Table, key: str, v: Any, where: str) -> None:
+    """Values obviously in other units (D = 2e-9 m²/s, T2 = 0.08 s, ...) fail up front."""
+    from . import units
+
+    checks = {
+        "diffusivity": units.check_diffusivity,
+        "relaxation": lambda x, name: units.check_time(x, name, allow_zero=False, allow_inf=True),
+        "permeability": units.check_permeability,
+        "relaxivity": units.check_permeability,
+    }
+    check = checks.get(key)
+    if check is None or (isinstance(v, float) and v == 0.0):
+        return
+    try:
+        check(v, where)
+    except ValueError as err:
+        raise tab.ctx.error(tab.where, str(err)) from None
 
 
 def _pde_value(tab: _Table, key: str, default: Any, roles, *, tensor: bool) -> Any:
@@ -981,6 +1004,14 @@ def _parse_gradient(tab: _Table) -> GradientSpec:
             raise tab.ctx.error(
                 tab.where, f"{kind}[{i}] = {_fmt(x)}: must be a number >= 0 ({_VALUE_KINDS[kind]})"
             )
+    from . import units
+
+    check = {"bvalues": units.check_bvalue, "gvalues": units.check_gradient_amplitude}.get(kind)
+    if check is not None:
+        try:
+            check([float(x) for x in values], kind)
+        except ValueError as err:
+            raise tab.ctx.error(tab.where, str(err)) from None
     seqs = tab.raw("sequences", required_text="a list of [[gradient.sequences]] tables")
     if isinstance(seqs, Mapping):
         seqs = [seqs]
