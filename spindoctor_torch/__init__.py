@@ -12,10 +12,11 @@ Results     Result (signal [ncompartment, namplitude, nsequence, ndirection])
 
 __version__ = "0.1.0"
 
-from . import mesh
+from . import geometry, mesh
 from .errors import MeshError, SetupError, SolverError, SpinDoctorWarning
 from .experiment import Experiment, half_sphere, unit_circle, unit_sphere
 from .fem import FEMatrices, assemble
+from .geometry import CellSetup, create_cells, create_geometry
 from .mesh import TetMesh
 from .mesh.io import read_mesh, write_mesh
 from .mesh.surface import mesh_surface, tetmesh_to_trimesh
@@ -27,6 +28,10 @@ from .units import GAMMA, b_from_q, g_from_q, q_from_b, q_from_g
 __all__ = [
     "__version__",
     "mesh",
+    "geometry",
+    "CellSetup",
+    "create_cells",
+    "create_geometry",
     "MeshError",
     "SetupError",
     "SolverError",
