@@ -91,11 +91,12 @@ class Model:
         n = mesh.ncompartment
         self.diffusivity = self._diffusivity(diffusivity, n, like)
         self.relaxation = _per_compartment(relaxation, "relaxation", n, like)
-        if bool((self.relaxation <= 0).any()):
+        if bool((self.relaxation.detach() <= 0).any()):
             raise SetupError(
                 f"relaxation (T2, µs) must be positive, got {self.relaxation.tolist()}"
             )
-        finite_t2 = self.relaxation[torch.isfinite(self.relaxation)]
+        t2 = self.relaxation.detach()
+        finite_t2 = t2[torch.isfinite(t2)]
         if finite_t2.numel() and float(finite_t2.min()) < 1.0:
             raise SetupError(
                 f"relaxation = {self.relaxation.tolist()} µs looks like seconds or ms; "
