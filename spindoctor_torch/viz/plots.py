@@ -25,10 +25,12 @@ __all__ = [
 ]
 
 
-def _figure(ncols: int = 1, *, size=(5.5, 4.0)):
+def _figure(ncols: int = 1, *, size=(5.5, 4.0), left: float = 0.15):
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(size[0] * ncols, size[1]), layout="constrained")
+    # Fixed margins instead of a layout engine: constrained layout draws every figure twice.
+    fig = Figure(figsize=(size[0] * ncols, size[1]))
+    fig.subplots_adjust(left=left / ncols, right=0.97, bottom=0.12, top=0.91, wspace=0.3)
     axes = [fig.add_subplot(1, ncols, k + 1) for k in range(ncols)]
     return fig, axes
 
@@ -138,12 +140,15 @@ def plot_signal(
         rho = _np(model.density)
     ncmpt = first.signal.shape[0]
     names = list(labels) if labels is not None else [f"compartment {c}" for c in range(ncmpt)]
+    lowest = np.inf
     for k, (name, res) in enumerate(solved.items()):
         ls = styles[k % len(styles)]
         total = pick(np.abs(_np(res.signal_allcmpts))[:, sequence]) / float(_np(res.initial_signal))
         ax.plot(b, total, ls, color="k", marker="o", ms=3, label=f"{name}: all")
+        lowest = min(lowest, float(total.min()))
         if compartments and vols is not None and ncmpt > 1:
             for c, curve in enumerate(per_compartment(res)):
+                lowest = min(lowest, float(curve.min()))
                 ax.plot(b, curve, ls, color=f"C{c % 10}", marker=".", label=f"{name}: {names[c]}")
     if fit:
         total = pick(np.abs(_np(first.signal_allcmpts))[:, sequence]) / float(
@@ -182,6 +187,8 @@ def plot_signal(
                 bb, np.exp(-d * bb), color="0.6", lw=1, ls="--", label=f"free, D = {d:g} µm²/µs"
             )
     ax.set_yscale("log")
+    if np.isfinite(lowest) and lowest > 0:  # free diffusion may decay far below the cells
+        ax.set_ylim(bottom=0.3 * lowest, top=1.3)
     ax.set_xlabel("b (s/mm²)")
     ax.set_ylabel("normalized signal |S|/S₀")
     seq = _sequence_name(first, sequence)
@@ -323,7 +330,9 @@ def plot_timings(
     """Horizontal bars of wall times (seconds) by stage or solver."""
     names = list(timings)
     vals = [float(timings[n]) for n in names]
-    fig, (ax,) = _figure(size=(5.5, 0.5 + 0.35 * max(len(names), 2)))
+    height = 1.2 + 0.35 * max(len(names), 2)
+    fig, (ax,) = _figure(size=(5.5, height), left=0.22)
+    fig.subplots_adjust(bottom=0.5 / height, top=1 - 0.35 / height)
     ax.barh(names, vals, color="C0")
     for y, v in enumerate(vals):
         ax.text(v, y, f" {v:.3g} s", va="center", fontsize=8)
