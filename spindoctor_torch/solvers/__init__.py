@@ -1,0 +1,17 @@
+"""Signal solvers: Bloch-Torrey PDE (btpde), matrix formalism, HADC, STA, Karger, analytical."""
+
+from .btpde import solve_btpde
+from .free import free_diffusion
+from .hadc import HADCResult, solve_hadc
+from .karger import solve_karger
+from .sta import STAResult, compute_adc_sta
+
+__all__ = [
+    "solve_btpde",
+    "solve_hadc",
+    "HADCResult",
+    "compute_adc_sta",
+    "STAResult",
+    "solve_karger",
+    "free_diffusion",
+]
