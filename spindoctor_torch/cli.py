@@ -258,7 +258,7 @@ def cmd_validate(args) -> int:
     if run is None:
         raise CLIError("validate: spindoctor_torch.validation has no run_validation()")
     level = "full" if args.full else "quick"
-    result = run(level=level, output=args.output, quiet=args.quiet)
+    result = run(level=level, output_dir=args.output, quiet=args.quiet)
     ok = getattr(result, "passed", None)
     if callable(ok):
         ok = ok()
