@@ -104,7 +104,8 @@ class GradientAccumulator:
                 y_c = y[:, cols]
                 w = (-1j * ph) * s.q[cols].to(mu.dtype)
                 self.gG[m] += self._sampled(mu_c * w, y_c)
-                gy = s.G[m] @ torch.view_as_real(y_c.conj().contiguous()).reshape(s.n, -1)
+                yr = torch.view_as_real(y_c.conj().resolve_conj().contiguous())
+                gy = s.G[m] @ yr.reshape(s.n, -1)
                 gy = torch.view_as_complex(gy.reshape(s.n, -1, 2).contiguous())
                 self.gq[cols] += ((-1j * ph) * (mu_c * gy).sum(0)).real
 
