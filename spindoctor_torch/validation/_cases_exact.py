@@ -67,7 +67,7 @@ def box_btpde(
     kw = (
         {"nsteps": nsteps}
         if method == "theta"
-        else {"method": "adaptive", "rtol": 1e-6, "atol": 1e-8}
+        else {"method": "adaptive", "rtol": 1e-5, "atol": 1e-7}
     )
     res = solve_btpde(Model(mesh, D0), exp, quiet=ctx.quiet, **kw)
     ours = res.normalized()[:, 0, :].detach().cpu().numpy()
@@ -375,10 +375,11 @@ CASES = [
         "column_btpde_cosogse",
         "full",
         "exact",
-        "BTPDE (adaptive TR-BDF2, rtol 1e-6) on the 5 µm column, h = 0.1 µm, CosOGSE(5000, "
-        "10000, n = 2) µs, vs the cosine series integrated by DOP853 at rtol 1e-11. Tolerance "
-        "1e-3 (P1 error at the oscillation's boundary-layer scale √(D/ω) ≈ 0.9 µm, plus the "
-        "adaptive time error).",
+        "BTPDE (adaptive, rtol 1e-5) on the 5 µm column, h = 0.1 µm, CosOGSE(5000, 10000, "
+        "n = 2) µs, vs the cosine series integrated by DOP853 at rtol 1e-11. Tolerance 3e-3: "
+        "the P1 error (kh)²/12 at the largest phase wavenumber q·max|F| (0.78 rad/µm at "
+        "b = 3000) is 5e-4 per unit of −log E, and E = 0.016 there (measured 1.3e-3; 4.0e-4 "
+        "at h = 0.05 µm: order 1.7).",
         box_btpde,
         sides=(5.0,),
         h=0.1,
@@ -387,7 +388,7 @@ CASES = [
         directions=_DIRS2[:1],
         seq=CosOGSE(5000.0, 10000.0, 2),
         profile=ref.cos_ogse(5000.0, 10000.0, 2),
-        tol=1e-3,
+        tol=3e-3,
         method="adaptive",
         column=True,
     ),

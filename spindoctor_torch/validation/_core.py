@@ -65,8 +65,9 @@ class Check:
     scale: float | None = None
 
     def relative_error(self) -> float:
-        scale = abs(self.reference) if self.scale is None else abs(self.scale)
-        diff = abs(self.ours - self.reference)
+        ref, ours = float(self.reference), float(self.ours)
+        scale = abs(ref) if self.scale is None else abs(float(self.scale))
+        diff = abs(ours - ref)
         if not (math.isfinite(diff) and math.isfinite(scale)):
             return math.inf
         if scale == 0.0:
@@ -182,7 +183,7 @@ class Case:
 
 
 def _csv_value(v):
-    return repr(v) if isinstance(v, float) else v
+    return repr(float(v)) if isinstance(v, float) else v
 
 
 def find_reference_dir() -> Path | None:
@@ -223,7 +224,7 @@ def _rows_for(case: Case, ctx: CaseContext) -> list[ValidationRow]:
     elapsed = time.perf_counter() - t0
     rows = []
     for c in checks:
-        err = c.relative_error()
+        err = float(c.relative_error())
         status = "pass" if err <= c.tolerance else "fail"
         rows.append(
             ValidationRow(
@@ -232,7 +233,7 @@ def _rows_for(case: Case, ctx: CaseContext) -> list[ValidationRow]:
                 float(c.reference),
                 float(c.ours),
                 err,
-                c.tolerance,
+                float(c.tolerance),
                 status,
                 elapsed,
             )
