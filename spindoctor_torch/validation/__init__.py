@@ -50,14 +50,16 @@ pass). Measured relative differences, same mesh, same settings:
 
 * BTPDE signals: 4e-5 with Crank-Nicolson at 16 steps per interval (quick level), 1e-6 at 100
   (full level). The difference falls as Δt² (×39 for ×6.25 steps): it is *our* time error;
-  SpinDoctor's ode15s at rtol 1e-8 / atol 1e-10 contributes nothing visible. (At SpinDoctor's
-  default rtol 1e-4 its own ODE error would dominate instead.) ADCs fitted by the same
-  adaptive polynomial fit to both signal sets: 2e-4 (the fit amplifies the signal difference).
-* MF signals at ℓ = 2 µm: 1e-13; the 40 eigenvalues: 2e-12; same number of modes below the
-  cut (differences in a mode count would change MF signals by far more: truncation is the
-  dominant MF error against BTPDE). MF-GA ADCs: 1e-12. STA ADCs: 1e-15.
-* Analytical module vs SpinDoctor's ``solve_analytical`` at the same length scale: same mode
-  count, eigenvalues 1e-10, signals 1e-11.
+  SpinDoctor's ode15s at rtol 1e-8 / atol 1e-10 contributes nothing visible. ADCs fitted by
+  the same adaptive polynomial fit to both signal sets: 1.7e-4 and 4e-6 (the fit amplifies the
+  signal difference).
+* MF signals at ℓ = 2, 1, 0.5 µm: ≤ 4e-12; eigenvalues ≤ 3e-12 with the same number of modes
+  below each cut (40, 203, 787). A different mode count would show far more: truncation is
+  the MF's own error (SpinDoctor's MF at ℓ = 2 µm differs from its BTPDE by 1.2e-5 at
+  b = 4000, at ℓ = 0.5 µm by 2e-8). MF-GA ADCs: 1e-12. STA ADCs: 1e-14.
+* Analytical module vs SpinDoctor's ``solve_analytical`` at the same length scale (spheres at
+  ℓ = 1, 0.7, 0.5 µm, cylinders at ℓ = 0.5, 0.3, 0.2 µm, b up to 10000): same mode counts,
+  eigenvalues ≤ 1e-10, signals ≤ 6e-11.
 * γ: SpinDoctor MATLAB uses γ = 0.2675222005 rad/(µs·mT) with g in mT/m, we use
   :data:`~spindoctor_torch.units.GAMMA` = 2.67513e-4 rad/(µs·µm·T/m) (SpinDoctor.jl's value).
   They differ by 3.4e-5 relative, so equal *g*-values give b-values 6.9e-5 apart (signal
