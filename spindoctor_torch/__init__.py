@@ -12,7 +12,7 @@ Results     Result (signal [ncompartment, namplitude, nsequence, ndirection])
 
 __version__ = "0.1.0"
 
-from . import geometry, mesh
+from . import geometry, mesh, optimize, postprocess, solvers
 from .errors import MeshError, SetupError, SolverError, SpinDoctorWarning
 from .experiment import Experiment, half_sphere, unit_circle, unit_sphere
 from .fem import FEMatrices, assemble
@@ -21,8 +21,24 @@ from .mesh import TetMesh
 from .mesh.io import read_mesh, write_mesh
 from .mesh.surface import mesh_surface, tetmesh_to_trimesh
 from .model import Model
+from .postprocess import fit_signal, fit_tensor
 from .result import Result
 from .sequences import PGSE, CosOGSE, CustomProfile, DoublePGSE, Sequence, SinOGSE, Waveform3D
+from .solvers import (
+    HADCResult,
+    LaplaceEig,
+    STAResult,
+    compute_adc_sta,
+    compute_laplace_eig,
+    compute_mf_diffusion_tensor,
+    free_diffusion,
+    solve_btpde,
+    solve_hadc,
+    solve_karger,
+    solve_mf,
+    solve_mfga,
+)
+from .solvers.analytical import LayeredGeometry, solve_analytical
 from .units import GAMMA, b_from_q, g_from_q, q_from_b, q_from_g
 
 __all__ = [
@@ -45,6 +61,25 @@ __all__ = [
     "assemble",
     "FEMatrices",
     "Result",
+    "optimize",
+    "postprocess",
+    "solvers",
+    "solve_btpde",
+    "solve_mf",
+    "solve_mfga",
+    "compute_laplace_eig",
+    "compute_mf_diffusion_tensor",
+    "LaplaceEig",
+    "solve_hadc",
+    "HADCResult",
+    "compute_adc_sta",
+    "STAResult",
+    "solve_karger",
+    "free_diffusion",
+    "solve_analytical",
+    "LayeredGeometry",
+    "fit_signal",
+    "fit_tensor",
     "Experiment",
     "unit_sphere",
     "half_sphere",
