@@ -258,7 +258,8 @@ def cmd_validate(args) -> int:
     if run is None:
         raise CLIError("validate: spindoctor_torch.validation has no run_validation()")
     level = "full" if args.full else "quick"
-    result = run(level=level, output_dir=args.output, quiet=args.quiet)
+    kwargs = {"cases": args.cases.split(",")} if args.cases else {}
+    result = run(level=level, output_dir=args.output, quiet=args.quiet, **kwargs)
     ok = getattr(result, "passed", None)
     if callable(ok):
         ok = ok()
@@ -405,6 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--quick", action="store_true", help="the fast subset (default)")
     g.add_argument("--full", action="store_true", help="every case")
     p.add_argument("-o", "--output", help="folder for the CSV/Markdown table")
+    p.add_argument("--cases", help="comma-separated shell patterns of case names, e.g. parity_*")
     p.set_defaults(func=cmd_validate)
     return parser
 

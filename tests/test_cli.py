@@ -164,7 +164,7 @@ def test_compare_table_and_tolerance(reference_dir, tmp_path, capsys):
     assert f"{expected:.3e}" in out
 
 
-def test_validate_and_optimize_report_missing_pieces(capsys, monkeypatch, tmp_path):
+def test_missing_validation_and_optimize_entry_points(capsys, monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "spindoctor_torch.validation", None)
     code, _, err = run(["validate", "--quick"], capsys)
     assert code == 1 and "validation suite" in err and err.count("\n") == 1
@@ -182,3 +182,15 @@ def test_results_file_has_provenance(tmp_path, capsys, monkeypatch):
     with h5py.File(tmp_path / "o" / "results.h5", "r") as f:
         assert f.attrs["package_version"] == __version__
         assert f.attrs["setup_hash"] == load_setup(tmp_path / "box.toml").hash
+
+
+def test_validate_runs_selected_cases(reference_dir, tmp_path, capsys):
+    code, out, err = run(
+        ["validate", "--cases", "parity_analytical_sphere", "-o", str(tmp_path), "-q"], capsys
+    )
+    assert code == 0, err
+    rows = (tmp_path / "validation_quick.csv").read_text().splitlines()
+    assert rows[0].startswith("case,") and len(rows) > 2
+    assert all(",pass," in r for r in rows[1:])
+    code, _, err = run(["validate", "--cases", "nothing*", "-q"], capsys)
+    assert code == 1 and "matches no case" in err

@@ -144,9 +144,18 @@ def plot_signal(
     for k, (name, res) in enumerate(solved.items()):
         ls = styles[k % len(styles)]
         total = pick(np.abs(_np(res.signal_allcmpts))[:, sequence]) / float(_np(res.initial_signal))
-        ax.plot(b, total, ls, color="k", marker="o", ms=3, label=f"{name}: all")
+        per_cmpt = compartments and vols is not None and ncmpt > 1
+        ax.plot(
+            b,
+            total,
+            ls,
+            color="k" if per_cmpt else f"C{k % 10}",
+            marker="o",
+            ms=3,
+            label=f"{name}: all" if per_cmpt else name,
+        )
         lowest = min(lowest, float(total.min()))
-        if compartments and vols is not None and ncmpt > 1:
+        if per_cmpt:
             for c, curve in enumerate(per_compartment(res)):
                 lowest = min(lowest, float(curve.min()))
                 ax.plot(b, curve, ls, color=f"C{c % 10}", marker=".", label=f"{name}: {names[c]}")

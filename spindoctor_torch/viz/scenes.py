@@ -264,26 +264,42 @@ def render_overlay(
     meshes: Mapping[str, Any],
     screenshot: str | Path | None = None,
     *,
+    compartments: Sequence[int] | None = None,
+    view: str = "iso",
     window_size: Sequence[int] = (900, 700),
     show: bool = False,
     title: str | None = None,
 ) -> np.ndarray:
-    """Outer surfaces of several meshes overlaid (e.g. ``{"before": m0, "after": m1,
-    "target": mt}``): the first opaque-ish, the others translucent, a ``"target"`` entry as
-    wireframe."""
+    """Surfaces of several meshes overlaid, e.g. ``{"before": m0, "after": m1, "target": mt}``
+    for an optimization: the first blue and opaque, the second red and translucent, an entry named
+    ``"target"`` as a black wireframe.
+
+    Parameters
+    ----------
+    meshes : label -> TetMesh (the topologies may differ).
+    compartments : show the outer surface of these compartments only (e.g. ``[0, 1]``, the
+        cell without its ECS); default: the whole mesh.
+    view : camera: ``"iso"``, or along an axis ``"xy"`` (from +z), ``"xz"``, ``"yz"``.
+    """
     p, off = _plotter(window_size, show)
-    styles = [("#8c8c8c", 0.35), ("#c44e52", 0.6), ("#4c72b0", 0.9)]
+    styles = [("#4c72b0", 1.0), ("#c44e52", 0.45), ("#55a868", 0.45)]
     for k, (label, mesh) in enumerate(meshes.items()):
-        surf = _surface(to_pyvista(mesh, split=False))
+        grid = to_pyvista(mesh, split=False)
+        if compartments is not None:
+            keep = np.isin(np.asarray(grid.cell_data["compartment"]), list(compartments))
+            if not keep.any():
+                raise ValueError(f"{label}: no tetrahedra in compartments {list(compartments)}")
+            grid = grid.extract_cells(np.flatnonzero(keep))
+        surf = _surface(grid)
         color, opacity = styles[k % len(styles)]
         if label.lower() == "target":
-            p.add_mesh(surf, style="wireframe", color="#2a2a2a", line_width=0.6, label=label)
+            p.add_mesh(surf, style="wireframe", color="#1a1a1a", line_width=0.8, label=label)
         else:
             p.add_mesh(surf, color=color, opacity=opacity, label=label)
-    p.add_legend(bcolor="white", face="rectangle")
+    p.add_legend(bcolor="white", face="rectangle", size=(0.25, 0.15))
     p.add_axes()
     if title:
         p.add_text(title, font_size=10, color="black")
-    p.camera_position = "iso"
+    p.camera_position = view
     p.set_background("white")
     return _output(p, screenshot, off, show)
