@@ -30,7 +30,7 @@ import torch
 from spindoctor_torch import viz
 from spindoctor_torch.config import load_setup, run_setup
 from spindoctor_torch.io import save_results
-from spindoctor_torch.optimize import Parameterization, RadialMap, fit
+from spindoctor_torch.optimize import RadialMap, fit
 from spindoctor_torch.result import Result
 from spindoctor_torch.solvers.btpde import solve_btpde
 from spindoctor_torch.solvers.mf import solve_mf
@@ -38,22 +38,6 @@ from spindoctor_torch.solvers.mf import solve_mf
 HERE = Path(__file__).resolve().parent
 SETUP = HERE / "setups" / "axon_myelin_ecs.toml"
 R_TARGET = 3.6  # µm, myelin radius of the target
-
-
-class CellRadius(Parameterization):
-    """One parameter, the cell (myelin) radius R, µm: the axon radius stays ``ratio·R`` and
-    the ECS wall stays at ``r_ecs``; vertices move radially (piecewise-linear in r)."""
-
-    def __init__(self, mesh, r_axon: float, r_cell: float, r_ecs: float):
-        super().__init__(mesh)
-        self.ratio = r_axon / r_cell
-        self._radial = RadialMap(mesh, knots=[r_axon, r_cell], fixed_outer=r_ecs)
-        self._param("radius", r_cell)
-
-    def transform(self, points: torch.Tensor) -> torch.Tensor:
-        r = self.parameters["radius"]
-        self._radial.parameters["radii"] = torch.stack([self.ratio * r, r])
-        return self._radial.transform(points)
 
 
 def say(msg: str) -> None:
@@ -85,7 +69,6 @@ def main(argv=None) -> int:
     timings["simulate (mesh, BTPDE, MF, analytical, plots)"] = time.perf_counter() - t0
     geo_opts = setup.geometry.options
     r0 = float(geo_opts["rmin"])
-    r_axon = float(geo_opts["in_ratio"]) * r0
     r_ecs = r0 * (1.0 + float(geo_opts["ecs_ratio"]))
     exp = run.experiment
     say(f"    mesh: {run.mesh.npoint} nodes, {run.mesh.ntet} tets; files in {out / 'simulation'}")
@@ -113,7 +96,9 @@ def main(argv=None) -> int:
 
     # 3. fit the radius with the matrix formalism ---------------------------------------
     mf_options = dict(setup.solvers["mf"].options)
-    geo = CellRadius(run.mesh, r_axon, r0, r_ecs)
+    # One knot at the myelin radius: r -> r·R/r0 inside (the axon keeps its 0.6 ratio), the
+    # ECS shell is stretched between R and its fixed wall r_ecs.
+    geo = RadialMap(run.mesh, knots=[r0], fixed_outer=r_ecs)
     model0 = run.model
 
     def simulate_mf() -> Result:
@@ -128,10 +113,10 @@ def main(argv=None) -> int:
         objective, geo, optimizer="lbfgs", lr=1.0, maxiter=args.iterations, tol=1e-6, quiet=True
     )
     timings["fit (MF forward + gradient, L-BFGS)"] = time.perf_counter() - t0
-    r_fit = float(geo.parameters["radius"].detach())
+    r_fit = float(geo.parameters["radii"].detach()[0])
     # history.loss[k] is the loss at the start of iteration k, history.parameters[k] the values
     # after it: prepend the start so that radius_traj[k] goes with loss[k]
-    radius_traj = [r0] + [float(p["0:radius"]) for p in history.parameters]
+    radius_traj = [r0] + [float(p["0:radii"][0]) for p in history.parameters]
     say(f"    radius {r0} -> {r_fit:.4f} µm (target {R_TARGET}) in {history.niter} iterations")
 
     # 4. confirm with the BTPDE on the fitted mesh --------------------------------------

@@ -5,7 +5,7 @@ Subcommands (``spindoctor-torch SUBCOMMAND --help`` for each)::
     mesh SETUP          generate the setup's mesh, save it, print its summary
     info PATH           describe a mesh file, a results file (.h5) or a setup (.toml)
     simulate SETUP      run a setup's solvers; write results.h5, summary.json, plots
-    optimize CONFIG     fit geometry/parameters to a target (needs spindoctor_torch.optimize)
+    optimize CONFIG     fit mesh parameters to a target signal (examples/optimize/)
     view PATH           render a mesh or a result's magnetization (--screenshot PNG headless)
     compare A B         relative errors of results A against reference B (.h5/.mat/.json)
     validate            run the accuracy suite and print its table
@@ -147,20 +147,20 @@ def cmd_simulate(args) -> int:
 
 
 def cmd_optimize(args) -> int:
-    try:
-        opt = importlib.import_module("spindoctor_torch.optimize")
-    except ModuleNotFoundError:
-        raise CLIError(
-            "optimize is not available: spindoctor_torch.optimize is not installed"
-        ) from None
-    runner = getattr(opt, "run_config", None) or getattr(opt, "run_optimization_config", None)
-    if runner is None:
-        raise CLIError(
-            "optimize: spindoctor_torch.optimize has no run_config(path, ...) entry point yet; "
-            "use the Python API (see examples/)"
+    from .config import load_optimization, run_optimization
+
+    opt = load_optimization(args.config, tiny=args.tiny)
+    out = run_optimization(opt, output_dir=args.output, quiet=args.quiet)
+    for name, value in out.parameterization.values().items():
+        _say(args, f"{name} = {value.tolist()}")
+    if out.history.loss:
+        _say(
+            args,
+            f"loss {out.history.loss[0]:.4g} -> {out.history.loss[-1]:.4g} in "
+            f"{out.history.niter} iterations",
         )
-    result = runner(args.config, output_dir=args.output, quiet=args.quiet)
-    _say(args, f"optimize: done ({result!r})" if result is not None else "optimize: done")
+    for name, path in out.files.items():
+        _say(args, f"{name}: {path}")
     return 0
 
 
@@ -354,11 +354,13 @@ def build_parser() -> argparse.ArgumentParser:
         "optimize",
         parents=[common],
         help="fit geometry to a target signal",
-        description="Run a shape/parameter optimization described by CONFIG "
-        "(needs spindoctor_torch.optimize).",
+        description="Fit mesh parameters (scale, radial radii, bend/twist) of a setup to a "
+        "target signal (a results file or a simulated setup), as described by CONFIG (see "
+        "examples/optimize/).",
     )
-    p.add_argument("config")
-    p.add_argument("-o", "--output", help="output folder")
+    p.add_argument("config", help="optimization TOML file")
+    p.add_argument("--tiny", action="store_true", help="use the setups' [tiny] variants")
+    p.add_argument("-o", "--output", help="output folder (default: the file's [output])")
     p.set_defaults(func=cmd_optimize)
 
     p = sub.add_parser(
