@@ -39,6 +39,8 @@ from scipy import optimize, special
 
 from ..errors import SolverError
 
+_RTOL = 4 * np.finfo(float).eps  # root tolerance: machine precision (brentq's smallest)
+
 # Angle budget per sample of the Pruefer walk (radians). Each of the three bounds on the angular
 # speed (bulk, curvature, centrifugal) is held below this per step, so a step never turns by more
 # than 3 * _ANGLE_STEP < pi and unwrapping is exact.
@@ -334,7 +336,7 @@ def is_closed(group: Group, n: int) -> bool:
 
 
 def find_roots(
-    problem: RadialProblem, group: Group, n: int, alpha_max: float, xtol: float = 1e-14
+    problem: RadialProblem, group: Group, n: int, alpha_max: float, rtol: float = _RTOL
 ) -> np.ndarray:
     """All ``alpha`` in ``(0, alpha_max]`` with ``alpha**2`` an eigenvalue (angular index n).
 
@@ -363,7 +365,7 @@ def find_roots(
         a = lo * 1e-12
         if np.sign(secular(problem, group, n, a)[0]) == np.sign(secular(problem, group, n, lo)[0]):
             raise SolverError(f"cannot bracket the lowest eigenvalue for n={n} below {lo:.3g}")
-        roots.append(optimize.brentq(lambda x: secular(problem, group, n, x)[0], a, lo, xtol=0))
+        roots.append(_refine(problem, group, n, a, lo, rtol))
     n_expected -= n_start
     if n_expected < 0:
         raise SolverError(f"eigenvalue count decreased with alpha for n={n}: bug")
@@ -374,7 +376,7 @@ def find_roots(
     fval = secular(problem, group, n, grid)
     change = np.sign(fval[:-1]) * np.sign(fval[1:]) <= 0
     counts = {0: n_start, ngrid: n_start + n_expected}
-    found = _search_segment(problem, group, n, grid, change, 0, ngrid, counts, xtol)
+    found = _search_segment(problem, group, n, grid, change, 0, ngrid, counts, rtol)
     if len(found) != n_expected:
         raise SolverError(
             f"found {len(found)} eigenvalues for n={n} where the Pruefer count gives "
@@ -383,13 +385,16 @@ def find_roots(
     return np.sort(np.asarray(roots + found))
 
 
-def _refine(problem, group, n, a: float, b: float, xtol: float) -> float:
-    """``brentq`` on the secular function in a bracketing cell."""
-    fun = lambda x: secular(problem, group, n, x)[0]  # noqa: E731
-    return optimize.brentq(fun, a, b, xtol=xtol * max(b, 1.0), rtol=4 * np.finfo(float).eps)
+def _refine(problem, group, n, a: float, b: float, rtol: float) -> float:
+    """``brentq`` on the secular function in a bracketing cell, to relative tolerance rtol."""
+
+    def fun(x: float) -> float:
+        return float(secular(problem, group, n, x)[0])
+
+    return optimize.brentq(fun, a, b, xtol=1e-300, rtol=rtol)
 
 
-def _search_segment(problem, group, n, grid, change, j0, j1, counts, xtol) -> list[float]:
+def _search_segment(problem, group, n, grid, change, j0, j1, counts, rtol) -> list[float]:
     """Roots in grid cells ``j0..j1-1`` given the exact counts at ``grid[j0]``, ``grid[j1]``.
 
     A segment whose count equals its number of sign-change cells holds one root per such cell;
@@ -401,23 +406,23 @@ def _search_segment(problem, group, n, grid, change, j0, j1, counts, xtol) -> li
         return []
     cells = np.nonzero(change[j0:j1])[0] + j0
     if len(cells) == inside:
-        return [_refine(problem, group, n, grid[c], grid[c + 1], xtol) for c in cells]
+        return [_refine(problem, group, n, grid[c], grid[c + 1], rtol) for c in cells]
     if j1 - j0 == 1:
-        return _isolate(problem, group, n, grid[j0], grid[j1], counts[j0], counts[j1], xtol)
+        return _isolate(problem, group, n, grid[j0], grid[j1], counts[j0], counts[j1], rtol)
     jm = (j0 + j1) // 2
     counts[jm] = count_below(problem, group, n, grid[jm])
-    return _search_segment(problem, group, n, grid, change, j0, jm, counts, xtol) + (
-        _search_segment(problem, group, n, grid, change, jm, j1, counts, xtol)
+    return _search_segment(problem, group, n, grid, change, j0, jm, counts, rtol) + (
+        _search_segment(problem, group, n, grid, change, jm, j1, counts, rtol)
     )
 
 
-def _isolate(problem, group, n, a, b, ca, cb, xtol, depth=0) -> list[float]:
+def _isolate(problem, group, n, a, b, ca, cb, rtol, depth=0) -> list[float]:
     """Bisect ``[a, b]`` (``cb - ca`` roots inside) by count until each root is alone."""
     if cb - ca == 1:
         fa = secular(problem, group, n, a)[0]
         fb = secular(problem, group, n, b)[0]
         if fa * fb <= 0:
-            return [_refine(problem, group, n, a, b, xtol)]
+            return [_refine(problem, group, n, a, b, rtol)]
     if depth > 60 or (b - a) <= 1e-14 * b:
         raise SolverError(
             f"{cb - ca} eigenvalues of angular index n={n} closer than {b - a:.3g} near "
@@ -427,9 +432,9 @@ def _isolate(problem, group, n, a, b, ca, cb, xtol, depth=0) -> list[float]:
     cm = count_below(problem, group, n, m)
     out = []
     if cm > ca:
-        out += _isolate(problem, group, n, a, m, ca, cm, xtol, depth + 1)
+        out += _isolate(problem, group, n, a, m, ca, cm, rtol, depth + 1)
     if cb > cm:
-        out += _isolate(problem, group, n, m, b, cm, cb, xtol, depth + 1)
+        out += _isolate(problem, group, n, m, b, cm, cb, rtol, depth + 1)
     return out
 
 
@@ -478,8 +483,8 @@ def eigenfunctions(
 
     Returns
     -------
-    (nroot, nnode) ndarray, zero outside the group's layers. The sign is fixed so that the
-    largest value is positive.
+    (nroot, nnode) ndarray, zero outside the group's layers. The sign is that of the shot
+    solution: positive next to the inner end of the group (centre or wall).
     """
     alpha = np.asarray(alpha, dtype=np.float64)
     dim = problem.dim
@@ -523,7 +528,4 @@ def eigenfunctions(
         raise SolverError(f"non-finite eigenfunction values for angular index n={n}")
     measure = quad.weights * quad.nodes ** (dim - 1)
     norms = np.sqrt(values**2 @ measure)
-    values /= norms[:, None]
-    imax = np.argmax(np.abs(values), axis=1)
-    values *= np.sign(values[np.arange(len(alpha)), imax])[:, None]
-    return values
+    return values / norms[:, None]

@@ -25,7 +25,9 @@ where ``Lambda = diag(lambda_k)``, ``A_kl = \int x \phi_k \phi_l`` (nonzero only
 angular indices n and n + 1), ``T = \sum_i M_i / T_{2,i}`` with the per-layer masses
 ``(M_i)_{kl} = \int_{\Omega_i} \phi_k\phi_l`` and ``(U_i)_k = \int_{\Omega_i}\phi_k``. On a
 piece where f is constant the solution is one matrix exponential, so PGSE and DoublePGSE are
-exact up to the eigenvalue truncation; other profiles are averaged on ``ninterval`` sub-pieces.
+exact up to the eigenvalue truncation; other profiles (OGSE, custom) are integrated on about
+``ninterval`` sub-intervals by a fourth-order commutator-free Magnus scheme (two exponentials
+per sub-interval).
 
 The gradient direction does not matter: the sphere is isotropic, the cylinder signal is the one
 for a gradient perpendicular to the axis, the slab signal for a gradient normal to the plates.
@@ -38,6 +40,9 @@ References
   multilayered structures", J. Magn. Reson. 205 (2010) 181, doi:10.1016/j.jmr.2010.04.017.
 * J.-R. Li et al., "SpinDoctor: a MATLAB toolbox for diffusion MRI simulation", NeuroImage 202
   (2019) 116120, doi:10.1016/j.neuroimage.2019.116120.
+* S. Blanes, P. C. Moan, "Fourth- and sixth-order commutator-free Magnus integrators for linear
+  and non-linear dynamical systems", Appl. Numer. Math. 56 (2006) 1519,
+  doi:10.1016/j.apnum.2005.11.004.
 """
 
 from __future__ import annotations
@@ -322,7 +327,7 @@ def compute_radial_eigenmodes(
     length_scale: float | None = None,
     eiglim: float | None = None,
     *,
-    xtol: float = 1e-14,
+    rtol: float = 4 * np.finfo(float).eps,
     dtype: torch.dtype = torch.float64,
     device: torch.device | str | None = None,
     quiet: bool = True,
@@ -338,8 +343,8 @@ def compute_radial_eigenmodes(
         the slab thickness).
     eiglim : float, 1/µs, optional
         The eigenvalue limit itself (instead of ``length_scale``).
-    xtol : float, default 1e-14
-        Relative tolerance of the roots ``alpha = sqrt(lambda)`` (``brentq``).
+    rtol : float, default 4 * machine epsilon
+        Relative tolerance of the roots ``alpha = sqrt(lambda)`` (``brentq``; >= 4 eps).
     dtype, device
         Of the returned tensors (computed in float64 NumPy).
     quiet : bool, default True
@@ -379,7 +384,7 @@ def compute_radial_eigenmodes(
     while True:
         nfound = 0
         for gi, group in enumerate(groups):
-            roots = radial.find_roots(problem, group, n, alpha_max, xtol=xtol)
+            roots = radial.find_roots(problem, group, n, alpha_max, rtol=rtol)
             if radial.is_closed(group, n):
                 roots = np.concatenate([[0.0], roots])
             if len(roots):
