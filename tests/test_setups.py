@@ -13,6 +13,7 @@ import re
 import warnings
 from pathlib import Path
 
+import meshio
 import numpy as np
 import pytest
 import torch
@@ -109,7 +110,17 @@ def test_outputs_exist_and_reload_to_the_same_numbers(tiny_run):
                 rtol=1e-15,
             )
     if run.setup.output.vtu:
-        assert any(out.glob("*_magnetization.vtu"))
+        assert (out / "btpde_magnetization.vtu").is_file()
+        if "snapshot_times" in run.setup.solvers["btpde"].options:
+            times = run.setup.solvers["btpde"].options["snapshot_times"]
+            frames = sorted((out / "btpde_snapshots_frames").glob("*.vtu"))
+            assert len(frames) == len(times)
+            # the last snapshot is at the echo time of sequence 0: it is ξ(TE) of that sequence
+            seq0 = run.experiment.sequences[0]
+            assert times[-1] == seq0.echotime
+            last = meshio.read(frames[-1]).point_data["magnetization_real"]
+            mag = run.results["btpde"].magnetization[-1, 0, 0].real.detach().numpy()
+            np.testing.assert_allclose(last, mag, rtol=0, atol=1e-12)
     if name == WITH_PLOTS:
         for f in (
             "signal.png",

@@ -16,7 +16,13 @@ from .compare import ComparisonRow, compare_results, format_comparison
 from .hdf5 import ResultsFile, load_result, load_results, provenance, save_result, save_results
 from .outputs import run_summary, write_run
 from .spindoctor import read_results_any, read_spindoctor_json, read_spindoctor_mat
-from .vtk import split_node_arrays, write_magnetization_vtu, write_pvd, write_vtu
+from .vtk import (
+    split_node_arrays,
+    write_magnetization_vtu,
+    write_pvd,
+    write_snapshots_pvd,
+    write_vtu,
+)
 
 __all__ = [
     "save_result",
@@ -34,6 +40,7 @@ __all__ = [
     "write_vtu",
     "write_magnetization_vtu",
     "write_pvd",
+    "write_snapshots_pvd",
     "split_node_arrays",
     "write_run",
     "run_summary",

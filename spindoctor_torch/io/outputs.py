@@ -2,17 +2,15 @@
 
 ``write_run(run, directory)`` (called by :func:`~spindoctor_torch.config.run_setup`) writes
 
-=========================  ==========================================================
-``results.h5``             every solver's output with named axes, units, the experiment,
-                           the mesh (``[output] save_mesh``) and provenance (package
-                           version, setup hash and JSON, timings)
-``summary.json``           a small human-readable digest: mesh sizes and volumes,
-                           b-values, normalized signals |S|/S₀, fitted ADCs, timings
-``setup.json``             the validated setup that produced the folder
-``mesh.msh``               the mesh (``save_mesh``), readable by gmsh and read_mesh
-``*.png``                  plots and a mesh render (``[output] plots``)
-``<solver>_magnetization.vtu``  ξ(TE) for ParaView (``[output] vtu``)
-=========================  ==========================================================
+* ``results.h5``: every solver's output with named axes and units, the experiment, the mesh
+  (``[output] save_mesh``) and provenance (package version, setup hash and JSON, timings);
+* ``summary.json``: a small digest (mesh sizes and volumes, b-values, normalized signals
+  |S|/S₀, fitted ADCs, timings); ``setup.json``: the validated setup;
+* ``mesh.msh``: the mesh (``save_mesh``), readable by gmsh and ``read_mesh``;
+* ``*.png``: plots and a mesh render (``[output] plots``);
+* with ``[output] vtu``: ``<solver>_magnetization.vtu`` (ξ(TE) for ParaView) and
+  ``<solver>_snapshots.pvd`` (the time series of the BTPDE's ``snapshot_times`` for the
+  highest amplitude, first sequence and first direction).
 """
 
 from __future__ import annotations
@@ -198,9 +196,19 @@ def write_run(run, directory: str | Path, *, quiet: bool = True) -> dict[str, Pa
         write_mesh(run.mesh, path)
         files["mesh"] = path
     if out.vtu:
-        from .vtk import write_magnetization_vtu
+        from .vtk import write_magnetization_vtu, write_snapshots_pvd
 
         for name, res in signal_results(run.results).items():
+            if (getattr(res, "snapshots", None) or {}).get("magnetization") is not None:
+                p = _try(
+                    f"{name} snapshots",
+                    write_snapshots_pvd,
+                    directory / f"{name}_snapshots.pvd",
+                    run.mesh,
+                    res,
+                )
+                if p is not None:
+                    files[f"{name}_pvd"] = p
             if getattr(res, "magnetization", None) is not None:
                 p = _try(
                     f"{name} VTU",

@@ -26,7 +26,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["split_node_arrays", "write_vtu", "write_pvd", "write_magnetization_vtu"]
+__all__ = [
+    "split_node_arrays",
+    "write_vtu",
+    "write_pvd",
+    "write_magnetization_vtu",
+    "write_snapshots_pvd",
+]
 
 
 def split_node_arrays(mesh) -> dict[str, np.ndarray]:
@@ -194,3 +200,25 @@ def write_pvd(
     path.parent.mkdir(parents=True, exist_ok=True)
     ET.ElementTree(root).write(path, xml_declaration=True, encoding="utf-8")
     return path
+
+
+def write_snapshots_pvd(
+    path: str | Path, mesh, result, index: tuple[int, int, int] = (-1, 0, 0)
+) -> Path:
+    """Write the magnetization snapshots of a result (BTPDE ``snapshot_times``:
+    ``result.snapshots = {"times": (nt,), "magnetization": [namp, nseq, ndir, nt, ndof]}``)
+    for one (amplitude, sequence, direction) ``index`` as a ParaView time series.
+
+    Raises
+    ------
+    ValueError
+        The result holds no snapshots.
+    """
+    snaps = getattr(result, "snapshots", None) or {}
+    if "times" not in snaps or "magnetization" not in snaps:
+        raise ValueError(
+            f"{getattr(result, 'method', 'result')} holds no snapshots (give the BTPDE "
+            "snapshot_times = [...], µs)"
+        )
+    a, s, d = index
+    return write_pvd(path, mesh, snaps["times"], snaps["magnetization"][a, s, d])
