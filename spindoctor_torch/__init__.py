@@ -40,6 +40,7 @@ from .solvers import (
 )
 from .solvers.analytical import LayeredGeometry, solve_analytical
 from .units import GAMMA, b_from_q, g_from_q, q_from_b, q_from_g
+from .validation import run_validation
 
 __all__ = [
     "__version__",
@@ -79,6 +80,7 @@ __all__ = [
     "solve_analytical",
     "LayeredGeometry",
     "fit_signal",
+    "run_validation",
     "fit_tensor",
     "Experiment",
     "unit_sphere",
