@@ -489,6 +489,9 @@ def test_sequences_and_amplitudes_are_batched():
         assert joint.bvalues[:, s].numpy() == pytest.approx(
             (q[:, s].double() ** 2 * seq.bvalue_no_q).numpy(), rel=1e-14
         )
+    res = joint.as_result()
+    assert res.signal.shape == (1, 3, 3, 1) and res.method == "analytical"
+    torch.testing.assert_close(res.normalized()[..., 0], joint.normalized(), rtol=0, atol=0)
     byb = solve_analytical(geo, seqs[1], bvalues=[1000.0], eigenmodes=modes)
     assert byb.qvalues.item() == pytest.approx(math.sqrt(1000.0 / seqs[1].bvalue_no_q), rel=1e-15)
 
@@ -512,6 +515,8 @@ def test_eigenmode_matrices():
     ratio = (u * u).sum(1) / geo.volumes
     assert bool((ratio < 1).all()) and bool((ratio > 1 - 1e-3).all())
     torch.testing.assert_close(modes.moments, modes.moments.T, rtol=0, atol=1e-14)
+    assert float(modes.length_scales.min()) >= 0.8 * (1 - 1e-12)  # the truncation rule
+    assert float(modes.eigenvalues.max()) <= modes.eiglim
     one = compute_radial_eigenmodes(LayeredGeometry("sphere", [1.0], D0), eiglim=0.4)
     lam = one.eigenvalues.numpy() / (2e-3)
     n = one.angular_index.numpy()

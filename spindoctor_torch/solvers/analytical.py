@@ -58,6 +58,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import SetupError
+from ..result import Result
 from ..units import check_bvalue, check_diffusivity, check_length, check_permeability, check_time
 from . import _analytical_radial as radial
 from ._analytical_gpa import gpa_adc_cylinder, gpa_adc_slab, gpa_adc_sphere
@@ -522,6 +523,21 @@ class AnalyticalResult:
     def normalized(self) -> torch.Tensor:
         """``signal_allcmpts / initial_signal`` (complex, dimensionless)."""
         return self.signal_allcmpts / self.initial_signal
+
+    def as_result(self) -> Result:
+        """The same signals as a :class:`~spindoctor_torch.result.Result` with a direction axis
+        of length 1 (``signal`` [nlayer, namplitude, nsequence, 1]); the analytical signal
+        does not depend on the gradient direction."""
+        info = dict(self.info, bvalues=self.bvalues, qvalues=self.qvalues)
+        info["eigenvalues"] = self.eigenvalues
+        return Result(
+            signal=self.signal[..., None],
+            signal_allcmpts=self.signal_allcmpts[..., None],
+            initial_signal=self.initial_signal,
+            method="analytical",
+            timings=dict(self.timings),
+            info=info,
+        )
 
 
 def _bvalue_no_q(seq: Any) -> float:
