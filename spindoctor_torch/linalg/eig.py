@@ -355,13 +355,10 @@ def _solve_block(
         t0 = time.perf_counter()
         Ad, Bd = A.toarray(), B.toarray()
         Ad = 0.5 * (Ad + Ad.T)
-        hi = lam_target if math.isfinite(lam_target) else None
-        if hi is not None:
-            w, V = sla.eigh(Ad, Bd, subset_by_value=(-np.inf, hi), check_finite=False)
-            if w.size > ntotal:
-                w, V = w[:ntotal], V[:, :ntotal]
-        else:
-            w, V = sla.eigh(Ad, Bd, subset_by_index=(0, ntotal - 1), check_finite=False)
+        w, V = sla.eigh(Ad, Bd, subset_by_index=(0, ntotal - 1), check_finite=False)
+        if math.isfinite(lam_target):
+            keep = w <= lam_target
+            w, V = w[keep], V[:, keep]
         timings["eigensolve"] = timings.get("eigensolve", 0.0) + time.perf_counter() - t0
         C = sp.csr_matrix(A - sigma * B)
         return w, V, (lambda: _factor_solver(C, "dense", None)[0])
@@ -420,7 +417,7 @@ def _lobpcg(A, B, nev, solve):
     return w, V @ U
 
 
-def _choose_backend(backend: str, n: int) -> str:
+def _choose_backend(backend: str, n: int, nev: int | None = None) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"backend = {backend!r}; allowed: {', '.join(BACKENDS)}")
     if backend == "cholmod" and not cholmod_available():
@@ -432,7 +429,9 @@ def _choose_backend(backend: str, n: int) -> str:
         raise ValueError("backend = 'lobpcg' needs pyamg (pip install pyamg)")
     if backend != "auto":
         return backend
-    if n <= _DENSE_MAX:
+    # dense when small, or when a sizable part of the spectrum is wanted (measured: ARPACK
+    # with 50 pairs of a 2.5k-dof pencil takes 2 s, dense eigh 9 s; 280 pairs: 22 s vs 7 s)
+    if n <= 500 or (n <= _DENSE_MAX and (nev is None or 8 * nev >= n)):
         return "dense"
     if cholmod_available():
         return "cholmod"
@@ -478,9 +477,9 @@ def _numeric_forward(
     for gi, g in enumerate(groups_):
         Ag = A[g][:, g].tocsr()
         Bg = B[g][:, g].tocsr()
-        be = _choose_backend(backend, g.size)
-        used.add(be)
         guess = ntotal if nev_guess is None else int(nev_guess[gi])
+        be = _choose_backend(backend, g.size, min(guess, ntotal))
+        used.add(be)
         w, V, make = _solve_block(
             Ag,
             Bg,

@@ -1,0 +1,198 @@
+"""Benchmark of the matrix formalism: eigen step, batched signals, gradients, baselines.
+
+Meshes: gmsh balls of radius 5 µm with ~2k, ~20k and ~100k nodes (``--sizes``). For each:
+
+* eig: the lowest ``--nev`` (default 50) eigenpairs of (K+Q)φ = λMφ by our solver (``auto``:
+  CHOLMOD when scikit-sparse is installed; also the no-extra paths ``splu`` (N ≤ 40k) and
+  ``lobpcg``) side by side with the default SciPy baseline ``eigsh(A, k, M, sigma=-1e-8)``
+  (SuperLU with its default ordering) and, where it fits, a dense generalized ``eigh``;
+* signal: 1000 (b, direction) pairs (10 b-values × 100 directions, one PGSE) at ``--nmode``
+  modes (default 300), after the eigen step;
+* gradient: forward (eig + reduction + signals) and backward of ``Σ|S|²`` w.r.t. the mesh
+  points, at ``--grad-length-scale`` (default 1 µm: ~200 modes);
+* dense baseline (the approach of existing PyTorch tools): dense generalized eigh plus one
+  dense ``matrix_exp`` per pair, timed on a few pairs and extrapolated to 1000.
+
+Threads are pinned (``--threads``, default 1) for BLAS, OpenMP and torch, and reported.
+Timings are medians over ``--repeat`` runs for the fast parts (single runs for the eigen
+steps above 20k nodes). Run: ``python benchmarks/bench_mf.py --sizes 2k 20k 100k``.
+Results are printed as a table and written to ``--out`` (JSON).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+SIZES = {"2k": 0.6, "20k": 0.27, "100k": 0.155}  # gmsh target edge length h (µm)
+
+
+def _pin_threads(n: int) -> None:
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(n)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", nargs="+", default=["2k", "20k"], choices=list(SIZES))
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--nev", type=int, default=50)
+    ap.add_argument("--nmode", type=int, default=300)
+    ap.add_argument("--grad-length-scale", type=float, default=1.0)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--skip-baseline", action="store_true", help="skip default eigsh")
+    ap.add_argument("--skip-grad", action="store_true")
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results_mf.json"))
+    args = ap.parse_args(argv)
+    _pin_threads(args.threads)
+
+    import scipy.sparse.linalg as spla
+    import torch
+
+    torch.set_num_threads(args.threads)
+    torch.set_default_dtype(torch.float64)
+    from spindoctor_torch.experiment import Experiment, unit_sphere
+    from spindoctor_torch.fem.assemble import assemble
+    from spindoctor_torch.linalg.eig import cholmod_available, sparse_eigsh
+    from spindoctor_torch.mesh.gmsh_recipes import sphere
+    from spindoctor_torch.model import Model
+    from spindoctor_torch.sequences import PGSE
+    from spindoctor_torch.solvers.mf import _propagate_sequence, _reduce, compute_laplace_eig
+
+    def timed(fn, *a, repeat=1, **kw):
+        ts, out = [], None
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            out = fn(*a, **kw)
+            ts.append(time.perf_counter() - t0)
+        return statistics.median(ts), out
+
+    results = {
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "cholmod": cholmod_available(),
+        "python": sys.version.split()[0],
+        "sizes": {},
+    }
+    print(f"threads pinned to {args.threads}; CHOLMOD available: {cholmod_available()}")
+    for size in args.sizes:
+        mesh = sphere(5.0, h=SIZES[size])
+        model = Model(mesh, diffusivity=0.002)
+        fem = assemble(model)
+        A, B = fem.K + fem.Q, fem.M
+        n = mesh.npoint
+        row: dict = {"npoint": n, "ntet": mesh.ntet}
+        print(f"\n== {size}: {n} nodes, {mesh.ntet} tets")
+        # ---- eigen step, nev lowest pairs (λ_max large, nmax = nev)
+        backends = ["auto"] + (["splu"] if n <= 40_000 else ["lobpcg"])
+        for be in backends:
+            rep = args.repeat if n < 20_000 else 1
+            t, (_, _, info) = timed(
+                sparse_eigsh, A, B, lam_max=1e9, nmax=args.nev, backend=be, nbuffer=10, repeat=rep
+            )
+            row[f"eig_{be}_s"] = t
+            row[f"eig_{be}_backend"] = info.backend
+            print(f"eig {args.nev} pairs, ours [{info.backend}]: {t:.2f} s")
+        if not args.skip_baseline:
+            As, Bs = A.to_scipy().tocsc(), B.to_scipy().tocsc()
+            rep = args.repeat if n < 20_000 else 1
+            t, _ = timed(spla.eigsh, As, k=args.nev, M=Bs, sigma=-1e-8, repeat=rep)
+            row["eig_default_eigsh_s"] = t
+            print(f"eig {args.nev} pairs, default scipy eigsh (SuperLU): {t:.2f} s")
+        if n <= 3000:
+            import scipy.linalg as sla
+
+            Ad, Bd = A.to_dense().numpy(), B.to_dense().numpy()
+            t, _ = timed(sla.eigh, Ad, Bd, subset_by_index=(0, args.nev - 1))
+            row["eig_dense_scipy_s"] = t
+            print(f"eig {args.nev} pairs, dense scipy eigh: {t:.2f} s")
+        # ---- signals: 1000 pairs at nmode modes
+        if n <= 25_000:
+            t_eig, lap = timed(
+                compute_laplace_eig, model, length_scale=0.5, neig_max=args.nmode, quiet=True
+            )
+            k = lap.nmode
+            exp = Experiment(
+                [PGSE(10000.0, 43100.0)],
+                bvalues=torch.linspace(400.0, 4000.0, 10),
+                directions=unit_sphere(100, seed=0),
+            )
+            t_red, red = timed(_reduce, model, lap.fem, lap.funcs.detach(), repeat=args.repeat)
+
+            class _Bar:
+                def update(self, _):
+                    pass
+
+            q = exp.qvalues[:, 0]
+            dirs = exp.directions
+            t_sig, _ = timed(
+                _propagate_sequence,
+                red,
+                exp.sequences[0],
+                q,
+                dirs,
+                500,
+                False,
+                1e-10,
+                _Bar(),
+                repeat=args.repeat,
+            )
+            row.update(nmode=k, eig_nmode_s=t_eig, reduce_s=t_red, signal_1000_pairs_s=t_sig)
+            print(
+                f"signals: {k} modes (eig {t_eig:.1f} s), reduction {t_red:.2f} s, "
+                f"1000 pairs {t_sig:.3f} s"
+            )
+            # dense-baseline reduced part: one matrix_exp per pair (time 5, extrapolate)
+            Kd = torch.diag_embed(red.sigma.detach()).to(torch.complex128)
+            Ad_ = red.A[0].detach().to(torch.complex128)
+
+            def dense_pairs(Kd, Ad_, q, npair=5):
+                for i in range(npair):
+                    torch.linalg.matrix_exp(-10000.0 * (Kd + 1j * float(q[i % 10]) * Ad_))
+
+            t_dp, _ = timed(dense_pairs, Kd, Ad_, q)
+            row["dense_matrix_exp_1000_pairs_s_extrapolated"] = t_dp / 5 * 2 * 1000
+            print(
+                f"dense matrix_exp baseline, 1000 pairs (2 exps each): "
+                f"{t_dp / 5 * 2 * 1000:.0f} s (extrapolated from 5)"
+            )
+        # ---- gradient
+        if not args.skip_grad:
+            pts = mesh.points.detach().clone().requires_grad_(True)
+            exp = Experiment(
+                [PGSE(10000.0, 43100.0)],
+                bvalues=[1000.0, 3000.0],
+                directions=[[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]],
+            )
+            from spindoctor_torch.solvers.mf import solve_mf
+
+            t0 = time.perf_counter()
+            m2 = Model(mesh.with_points(pts), diffusivity=0.002)
+            res = solve_mf(m2, exp, length_scale=args.grad_length_scale, neig_max=1000, quiet=True)
+            loss = (res.signal_allcmpts.abs() ** 2).sum()
+            t_fwd = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            loss.backward()
+            t_bwd = time.perf_counter() - t0
+            ok = bool(torch.isfinite(pts.grad).all())
+            row.update(
+                grad_nmode=res.info["nmode"], forward_s=t_fwd, backward_s=t_bwd, grad_finite=ok
+            )
+            print(
+                f"gradient: {res.info['nmode']} modes, forward {t_fwd:.1f} s, backward "
+                f"{t_bwd:.1f} s ({t_bwd / t_fwd:.2f}x), finite: {ok}"
+            )
+        results["sizes"][size] = row
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2))
+    print(f"\nwritten {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
