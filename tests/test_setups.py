@@ -58,9 +58,12 @@ def runs(tmp_path_factory):
                 SETUPS / f"{name}.toml", tiny=True, overrides={"output.plots": name == WITH_PLOTS}
             )
             out = tmp_path_factory.mktemp(name)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # e.g. negative STA ADCs at long diffusion times
-                cache[name] = (setup, run_setup(setup, output_dir=out, quiet=True), out)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")  # e.g. negative STA ADCs at long diffusion times
+                run = run_setup(setup, output_dir=out, quiet=True)
+            failed = [str(w.message) for w in caught if str(w.message).startswith("could not")]
+            assert not failed, failed  # an optional output (plot, render, VTU) failed
+            cache[name] = (setup, run, out)
         return cache[name]
 
     return get

@@ -7,7 +7,8 @@
 * ``summary.json``: a small digest (mesh sizes and volumes, b-values, normalized signals
   |S|/S₀, fitted ADCs, timings); ``setup.json``: the validated setup;
 * ``mesh.msh``: the mesh (``save_mesh``), readable by gmsh and ``read_mesh``;
-* ``*.png``: plots and a mesh render (``[output] plots``);
+* ``*.png``: plots, a mesh render and, when the magnetization is kept, a render of it
+  (``[output] plots``);
 * with ``[output] vtu``: ``<solver>_magnetization.vtu`` (ξ(TE) for ParaView) and
   ``<solver>_snapshots.pvd`` (the time series of the BTPDE's ``snapshot_times`` for the
   highest amplitude, first sequence and first direction).
@@ -265,6 +266,26 @@ def write_plots(run, directory: Path) -> dict[str, Path]:
             is not None
         ):
             files["plot_hardi"] = p
+    with_mag = [(n, r) for n, r in sig.items() if getattr(r, "magnetization", None) is not None]
+    if with_mag:
+        name, res = with_mag[0]
+        b_last = float(_np(run.experiment.bvalues)[-1, 0])
+        p = directory / "magnetization.png"
+        title = f"{name}: real part of the magnetization at TE, b = {b_last:g} (clipped)"
+        if (
+            _try(
+                "magnetization render",
+                viz.render_field,
+                run.mesh,
+                res.magnetization[-1, 0, 0],
+                p,
+                part="real",
+                clip="y",
+                title=title,
+            )
+            is not None
+        ):
+            files["render_magnetization"] = p
     p = directory / "timings.png"
     if _try("timings plot", viz.plot_timings, run.timings, path=p) is not None:
         files["plot_timings"] = p

@@ -207,8 +207,13 @@ def render_mesh(
                 label=names[c],
             )
     if ncmpt > 1:
-        width = 0.04 + 0.018 * max(len(n) for n in names)
-        p.add_legend(bcolor="white", face="rectangle", size=(width, 0.05 * min(ncmpt, 8) + 0.03))
+        width = 0.03 + 0.013 * max(len(n) for n in names)
+        p.add_legend(
+            bcolor="white",
+            face="rectangle",
+            size=(width, 0.035 * min(ncmpt, 10) + 0.02),
+            loc="lower right",
+        )
     p.add_axes()
     if title:
         p.add_text(title, font_size=10, color="black")
