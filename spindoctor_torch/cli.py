@@ -92,6 +92,22 @@ def cmd_info(args) -> int:
         ]
         print("\n".join(lines))
         return 0
+    if suffix in (".mat", ".json"):
+        from .io.spindoctor import read_results_any
+
+        results = read_results_any(path)
+        print(f"{path}: SpinDoctor results {list(results)}")
+        for name, res in results.items():
+            if hasattr(res, "signal_allcmpts"):
+                att = res.normalized().abs()
+                lo, hi = float(att.min()), float(att.max())
+                print(
+                    f"  {name}: signal {tuple(res.signal.shape)} [compartment, amplitude, "
+                    f"sequence, direction], |S|/S0 in [{lo:.4g}, {hi:.4g}]"
+                )
+            else:
+                print(f"  {name}: {type(res).__name__} {tuple(getattr(res, 'shape', ()))}")
+        return 0
     if suffix in (".h5", ".hdf5"):
         from .io.hdf5 import load_results
 
@@ -331,7 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="describe a mesh, results file or setup",
         description="Describe a mesh file (.msh/.vtu/.node/.npz: sizes, volumes, "
-        "quality), a results file (.h5) or a setup (.toml).",
+        "quality), a results file (ours .h5, SpinDoctor .mat or reference .json) or a setup "
+        "(.toml).",
     )
     p.add_argument("path")
     p.add_argument("--tiny", action="store_true", help="for a setup: show its tiny variant")

@@ -69,6 +69,10 @@ def test_info_on_spindoctors_mesh(reference_dir, capsys):
     assert "2686 points, 10638 tets" in out  # SpinDoctor's README numbers
     assert "volume 513.511 µm³" in out  # fem_sphere_r5.json: 513.5105743543198
     assert "0 inverted" in out
+    code, out, _ = run(["info", str(reference_dir / "fem_sphere_r5.json")], capsys)
+    assert code == 0 and "btpde: signal (1, 4, 1, 3)" in out
+    # the file's normalized BTPDE signals lie in [0.8150781534947218, 0.9750512717976372]
+    assert "|S|/S0 in [0.8151, 0.9751]" in out
 
 
 def test_simulate_info_view_round_trip(tmp_path, capsys, monkeypatch):
