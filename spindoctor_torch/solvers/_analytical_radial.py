@@ -9,9 +9,12 @@ The eigenproblem, for a fixed angular index ``n`` (``nu = n (n + d - 2)``) in la
 
     D_i (u'' + (d - 1)/r u' - nu/r**2 u) = -lambda u,        r_{i-1} < r < r_i
 
-with, at an interface ``r_i``, continuity of the flux ``p = D u'`` and the permeable-membrane law
-``p = kappa_i (u(r_i+) - u(r_i-))``; at the outer wall ``p + W u = 0``; regularity at ``r = 0``
-(sphere, cylinder) or ``p = W u`` at the first wall ``x = 0`` (slab). With ``alpha =
+with a positive weight ``w_i`` per layer (the self-adjoint form is ``-(P u')' ... = lambda w u``
+with ``P_i = w_i D_i``): at an interface ``r_i``, continuity of the flux ``p = P u'`` and the
+membrane law ``p = kappa_i (u(r_i+) - u(r_i-))``; at the outer wall ``p + w W u = 0``;
+regularity at ``r = 0`` (sphere, cylinder) or ``p = w W u`` at the first wall ``x = 0`` (slab).
+Eigenfunctions are orthonormal for ``int w u_k u_l``. (w = 1 is the plain Laplacian; w = the
+spin density gives the density-weighted membrane coupling, see ``analytical.py``.) With ``alpha =
 sqrt(lambda)`` and ``z = alpha r / sqrt(D_i)`` the solutions in a layer are combinations of
 ``f(z), g(z)`` = (``j_n, y_n``) for a sphere, (``J_n, Y_n``) for a cylinder and (``cos, sin``) for
 a slab (``d = 1``, only ``n = 0``).
@@ -58,6 +61,8 @@ class RadialProblem:
     edges : (nlayer + 1,) ndarray
         Layer boundaries, ``edges[0] = 0`` and ``edges[-1] = 1``.
     diffusivity : (nlayer,) ndarray
+    weight : (nlayer,) ndarray
+        Positive weight ``w_i`` of each layer (flux coefficient ``w_i D_i``).
     permeability : (nlayer - 1,) ndarray
         Interface permeabilities (0 = impermeable: the layers decouple there).
     relaxivity : float
@@ -67,6 +72,7 @@ class RadialProblem:
     dim: int
     edges: np.ndarray
     diffusivity: np.ndarray
+    weight: np.ndarray
     permeability: np.ndarray
     relaxivity: float
 
@@ -80,8 +86,8 @@ class Group:
     """Contiguous layers ``first..last`` (inclusive) coupled by nonzero permeabilities.
 
     ``inner_wall`` is None when the group starts at the centre (regular solution), else the
-    relaxivity of its inner wall (0 for an impermeable interface). ``outer_wall`` is the
-    relaxivity of its outer wall.
+    Robin coefficient ``w W`` of its inner wall (0 for an impermeable interface).
+    ``outer_wall`` is that of its outer wall.
     """
 
     first: int
@@ -98,10 +104,10 @@ def split_groups(problem: RadialProblem) -> list[Group]:
         is_last = i == problem.nlayer - 1
         if is_last or problem.permeability[i] == 0.0:
             if start == 0:
-                inner = problem.relaxivity if problem.dim == 1 else None
+                inner = problem.relaxivity * problem.weight[0] if problem.dim == 1 else None
             else:
                 inner = 0.0
-            outer = problem.relaxivity if is_last else 0.0
+            outer = problem.relaxivity * problem.weight[i] if is_last else 0.0
             groups.append(Group(start, i, inner, outer))
             start = i + 1
     return groups
@@ -158,14 +164,20 @@ def _wronskian(dim: int, z: np.ndarray) -> np.ndarray:
 
 
 def _propagator(
-    dim: int, n: int, alpha: np.ndarray, diffusivity: float, r_a: float, r: np.ndarray
+    dim: int,
+    n: int,
+    alpha: np.ndarray,
+    diffusivity: float,
+    weight: float,
+    r_a: float,
+    r: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Transfer matrix of ``(u, p = D u')`` from ``r_a`` to ``r`` inside one layer.
+    """Transfer matrix of ``(u, p = w D u')`` from ``r_a`` to ``r`` inside one layer.
 
     ``alpha`` and ``r`` broadcast against each other; ``alpha > 0``. Built from cross products
     of Bessel functions with the exact Wronskian, so no 2x2 inversion is done numerically.
     """
-    s = np.sqrt(diffusivity) * alpha
+    s = weight * np.sqrt(diffusivity) * alpha
     scale = alpha / np.sqrt(diffusivity)
     z_a = scale * r_a
     z_b = scale * r
@@ -189,9 +201,11 @@ def _propagator(
 
 
 def _group_scale(problem: RadialProblem, group: Group) -> float:
-    """Reference diffusivity ``D_s`` of a group: ``p_hat = p / (alpha sqrt(D_s))``."""
-    d = problem.diffusivity[group.first : group.last + 1]
-    return float(np.sqrt(d.min() * d.max()))
+    """Scale ``S`` of a group's flux: ``p_hat = p / (alpha S)``, S the geometric mean of the
+    extreme ``w_i sqrt(D_i)`` (keeps ``(u, p_hat)`` orbits as round as possible)."""
+    layers = slice(group.first, group.last + 1)
+    c = problem.weight[layers] * np.sqrt(problem.diffusivity[layers])
+    return float(np.sqrt(c.min() * c.max()))
 
 
 def _start_state(
@@ -209,7 +223,7 @@ def _start_state(
         z1 = alpha * problem.edges[i + 1] / np.sqrt(d_i)
         f, df = _regular(problem.dim, n, z1)
         u = f
-        p_hat = np.sqrt(d_i) * alpha * df / s
+        p_hat = problem.weight[i] * np.sqrt(d_i) * alpha * df / s
         nxt = i + 1
     else:
         u = np.ones_like(alpha)
@@ -226,13 +240,15 @@ def secular(problem: RadialProblem, group: Group, n: int, alpha: np.ndarray) -> 
     (the eigenvalues are simple). Vectorised over ``alpha``.
     """
     alpha = np.atleast_1d(np.asarray(alpha, dtype=np.float64))
-    s = alpha * np.sqrt(_group_scale(problem, group))
+    s = alpha * _group_scale(problem, group)
     u, p_hat, i = _start_state(problem, group, n, alpha, s)
     while i <= group.last:
         if i > group.first:
             u = u + s * p_hat / problem.permeability[i - 1]
         r_a, r_b = problem.edges[i], problem.edges[i + 1]
-        p11, p12, p21, p22 = _propagator(problem.dim, n, alpha, problem.diffusivity[i], r_a, r_b)
+        p11, p12, p21, p22 = _propagator(
+            problem.dim, n, alpha, problem.diffusivity[i], problem.weight[i], r_a, r_b
+        )
         u, p = p11 * u + p12 * s * p_hat, p21 * u + p22 * s * p_hat
         p_hat = p / s
         norm = np.hypot(u, p_hat)
@@ -252,6 +268,7 @@ def _layer_samples(
 ) -> np.ndarray:
     """Sample radii in layer ``i`` fine enough that the Pruefer angle turns < pi per step."""
     d_i = problem.diffusivity[i]
+    w_i = problem.weight[i]
     r_a, r_b = problem.edges[i], problem.edges[i + 1]
     dim = problem.dim
     nu = n * (n + dim - 2)
@@ -264,7 +281,7 @@ def _layer_samples(
         pieces.append(np.array([0.0]))
         r_a = r_c
     if r_b > r_a:
-        bulk = s / d_i + alpha**2 / s
+        bulk = s / (w_i * d_i) + w_i * alpha**2 / s
         n1 = int(np.ceil(bulk * (r_b - r_a) / _ANGLE_STEP)) + 1
         pieces.append(np.linspace(r_a, r_b, n1 + 1))
         if dim > 1 and r_a > 0:
@@ -272,7 +289,7 @@ def _layer_samples(
             if n2 > 0:
                 pieces.append(np.geomspace(r_a, r_b, n2 + 1))
             if nu > 0:
-                n3 = int(np.ceil(d_i * nu / s * (1.0 / r_a - 1.0 / r_b) / _ANGLE_STEP))
+                n3 = int(np.ceil(w_i * d_i * nu / s * (1.0 / r_a - 1.0 / r_b) / _ANGLE_STEP))
                 if n3 > 0:
                     pieces.append(1.0 / np.linspace(1.0 / r_a, 1.0 / r_b, n3 + 1))
     else:
@@ -288,23 +305,23 @@ def count_below(problem: RadialProblem, group: Group, n: int, alpha: float) -> i
     ``theta`` reaches ``beta + k pi``, ``beta = atan2(1, -W/s)`` in ``[pi/2, pi)``.
     """
     alpha = float(alpha)
-    s = alpha * np.sqrt(_group_scale(problem, group))
+    s = alpha * _group_scale(problem, group)
     dim = problem.dim
     angles = []
     u = p_hat = None
     for i in range(group.first, group.last + 1):
-        d_i = problem.diffusivity[i]
+        d_i, w_i = problem.diffusivity[i], problem.weight[i]
         if i == group.first and group.inner_wall is None:
             r = _layer_samples(problem, i, n, alpha, s, centre=True)
             f, df = _regular(dim, n, alpha * r / np.sqrt(d_i))
-            uu, pp = f, np.sqrt(d_i) * alpha * df / s
+            uu, pp = f, w_i * np.sqrt(d_i) * alpha * df / s
         else:
             if i == group.first:
                 u, p_hat = 1.0, group.inner_wall / s
             else:
                 u = u + s * p_hat / problem.permeability[i - 1]
             r = _layer_samples(problem, i, n, alpha, s, centre=False)
-            p11, p12, p21, p22 = _propagator(dim, n, alpha, d_i, problem.edges[i], r)
+            p11, p12, p21, p22 = _propagator(dim, n, alpha, d_i, w_i, problem.edges[i], r)
             uu = p11 * u + p12 * s * p_hat
             pp = (p21 * u + p22 * s * p_hat) / s
         scale = np.max(np.hypot(uu, pp))
@@ -474,7 +491,7 @@ def make_quadrature(problem: RadialProblem, alpha_max: float, n_max: int) -> Qua
 def eigenfunctions(
     problem: RadialProblem, group: Group, n: int, alpha: np.ndarray, quad: Quadrature
 ) -> np.ndarray:
-    """Radial eigenfunctions at the quadrature nodes, normalised: ``sum w r^(d-1) u^2 = 1``.
+    """Radial eigenfunctions at the quadrature nodes, normalised: ``int w u^2 r^(d-1) dr = 1``.
 
     Parameters
     ----------
@@ -491,26 +508,27 @@ def eigenfunctions(
     values = np.zeros((len(alpha), len(quad.nodes)))
     zero = alpha == 0.0
     a = np.where(zero, 1.0, alpha)[:, None]  # placeholder for the zero mode, overwritten below
-    s = a * np.sqrt(_group_scale(problem, group))
+    s = a * _group_scale(problem, group)
     log_scale = np.zeros((len(alpha), 1))  # true state = exp(log_scale) * (u, p_hat)
     layers = range(group.first, group.last + 1)
     for i in layers:
-        d_i = problem.diffusivity[i]
+        d_i, w_i = problem.diffusivity[i], problem.weight[i]
         in_layer = quad.layer == i
         r = quad.nodes[in_layer][None, :]
         if i == group.first and group.inner_wall is None:
             f, _ = _regular(dim, n, a * r / np.sqrt(d_i))
             fe, dfe = _regular(dim, n, a * problem.edges[i + 1] / np.sqrt(d_i))
-            u, p_hat = fe, np.sqrt(d_i) * a * dfe / s
+            u, p_hat = fe, w_i * np.sqrt(d_i) * a * dfe / s
             norm = np.hypot(u, p_hat)
             vals = f / norm
             u, p_hat = u / norm, p_hat / norm
         else:
             if i == group.first:
                 u, p_hat = np.ones_like(a), group.inner_wall / s
-            p11, p12, _, _ = _propagator(dim, n, a, d_i, problem.edges[i], r)
+            p11, p12, _, _ = _propagator(dim, n, a, d_i, w_i, problem.edges[i], r)
             vals = p11 * u + p12 * s * p_hat
-            e11, e12, e21, e22 = _propagator(dim, n, a, d_i, problem.edges[i], problem.edges[i + 1])
+            edge = problem.edges[i + 1]
+            e11, e12, e21, e22 = _propagator(dim, n, a, d_i, w_i, problem.edges[i], edge)
             u, p_hat = e11 * u + e12 * s * p_hat, (e21 * u + e22 * s * p_hat) / s
         values[:, in_layer] = vals
         if i < group.last:
@@ -526,6 +544,6 @@ def eigenfunctions(
     values[zero] = np.where(in_group, 1.0, 0.0)
     if not np.all(np.isfinite(values)):
         raise SolverError(f"non-finite eigenfunction values for angular index n={n}")
-    measure = quad.weights * quad.nodes ** (dim - 1)
+    measure = quad.weights * quad.nodes ** (dim - 1) * problem.weight[quad.layer]
     norms = np.sqrt(values**2 @ measure)
     return values / norms[:, None]

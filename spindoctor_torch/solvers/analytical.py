@@ -11,19 +11,26 @@ The Bloch-Torrey equation in a domain made of concentric layers (``r_{i-1} < r <
    \partial_t m = \nabla\cdot(D_i\nabla m) - m/T_{2,i} - i\,q f(t)\,x\,m, \qquad
    m(0) = \rho_i,
 
-with permeable interfaces (flux continuity and ``D \partial_r m = \kappa_i [m]``) and a
-relaxing outer wall (``D \partial_n m + W m = 0``), is projected on the Laplace eigenfunctions
-``\phi_k = R_{nk}(r)\,\Theta_n`` (angular index n; the radial parts solve the transmission
-problem of :mod:`._analytical_radial`). With ``c(t) = (\int \phi_k m)_k``,
+with permeable interfaces and a relaxing outer wall (``D \partial_n m + W m = 0``), is
+projected on Laplace eigenfunctions ``\phi_k = R_{nk}(r)\,\Theta_n`` (angular index n; the
+radial parts solve the transmission problem of :mod:`._analytical_radial`). The membrane law
+between layers i (inside) and j (outside) is that of :class:`spindoctor_torch.model.Model`:
+the flux ``D_i \partial_r m_i = D_j \partial_r m_j = \kappa (c_{ij} m_j - c_{ji} m_i)`` with
+``c_{ij} = 2\rho_i/(\rho_i+\rho_j)`` ("weighted", SpinDoctor.jl and SpinDoctor's MF; the
+equilibrium is ``m \propto \rho``) or ``c = 1`` ("symmetric", SpinDoctor MATLAB's BTPDE).
+Writing ``m = w v`` with ``w = \rho`` (weighted) or 1 (symmetric), the operator is self-adjoint
+for ``\int w\,\cdot\,\cdot`` and, with ``\int w \phi_k \phi_l = \delta_{kl}`` and
+``c(t) = (\int w \phi_k v)_k``,
 
 .. math::
 
-   \dot c = -\bigl(\Lambda + T + i q f(t) A\bigr)c,\quad c(0) = \sum_i \rho_i U_i,\quad
+   \dot c = -\bigl(\Lambda + T + i q f(t) A\bigr)c,\quad c_k(0) = \int \rho\,\phi_k,\quad
    S_i = U_i^{\mathsf T} c(TE),
 
-where ``Lambda = diag(lambda_k)``, ``A_kl = \int x \phi_k \phi_l`` (nonzero only between
+where ``Lambda = diag(lambda_k)``, ``A_kl = \int w x \phi_k \phi_l`` (nonzero only between
 angular indices n and n + 1), ``T = \sum_i M_i / T_{2,i}`` with the per-layer masses
-``(M_i)_{kl} = \int_{\Omega_i} \phi_k\phi_l`` and ``(U_i)_k = \int_{\Omega_i}\phi_k``. On a
+``(M_i)_{kl} = \int_{\Omega_i} w \phi_k\phi_l`` and ``(U_i)_k = \int_{\Omega_i} w \phi_k``.
+The two couplings coincide for equal densities. On a
 piece where f is constant the solution is one matrix exponential, so PGSE and DoublePGSE are
 exact up to the eigenvalue truncation; other profiles (OGSE, custom) are integrated on about
 ``ninterval`` sub-intervals by a fourth-order commutator-free Magnus scheme (two exponentials
@@ -128,6 +135,11 @@ class LayeredGeometry:
         Length of the cylinder along its axis (scales its volumes and signals).
     area : float, µm², default 1
         Area of the slab's plates (scales its volumes and signals).
+    coupling : {"weighted", "symmetric"}, default "weighted"
+        Membrane law ``D dm_i/dn_i = kappa (c_ij m_j - c_ji m_i)`` with ``c_ij = 2 rho_i /
+        (rho_i + rho_j)`` ("weighted", the default of :class:`~spindoctor_torch.model.Model`,
+        SpinDoctor.jl and SpinDoctor's MF) or ``c = 1`` ("symmetric", SpinDoctor MATLAB
+        ``solve_btpde``). Identical for equal densities. "weighted" needs every density > 0.
 
     Raises
     ------
@@ -148,6 +160,7 @@ class LayeredGeometry:
     relaxivity: float = 0.0
     height: float = 1.0
     area: float = 1.0
+    coupling: str = "weighted"
 
     def __post_init__(self) -> None:
         if self.shape not in _SHAPES:
@@ -179,6 +192,13 @@ class LayeredGeometry:
         density = _per_layer(self.density, nlayer, "density")
         if not all(math.isfinite(v) and v >= 0 for v in density):
             raise SetupError(f"density must be finite and >= 0, got {density!r}")
+        if self.coupling not in ("weighted", "symmetric"):
+            raise SetupError(f"coupling must be 'weighted' or 'symmetric', got {self.coupling!r}")
+        if self.coupling == "weighted" and nlayer > 1 and min(density) <= 0:
+            raise SetupError(
+                f"coupling='weighted' needs every density > 0, got {density!r}; use "
+                "coupling='symmetric' for empty layers"
+            )
         permeability = _per_layer(self.permeability, nlayer - 1, "permeability")
         if permeability:
             check_permeability(list(permeability), "permeability")
@@ -235,14 +255,29 @@ class LayeredGeometry:
         """``sum_i rho_i |Omega_i|``, µm³ (float64 scalar)."""
         return (self.volumes * torch.as_tensor(self.density, dtype=torch.float64)).sum()
 
+    @property
+    def weights(self) -> np.ndarray:
+        """Weight ``w_i`` of each layer: density / max density ("weighted", several layers)
+        or 1. The eigenproblem is invariant under a common scaling of the weights."""
+        rho = np.array(self.density)
+        if self.coupling == "weighted" and self.nlayer > 1:
+            return rho / rho.max()
+        return np.ones(self.nlayer)
+
     def _dimensionless(self) -> radial.RadialProblem:
         scale = self.outer_radius
         dref = self.mean_diffusivity
+        w = self.weights
+        kappa = np.array(self.permeability)
+        if self.coupling == "weighted" and self.nlayer > 1:
+            # m = w v: the flux law becomes w_i D_i v_i' = kappa_eff (v_j - v_i)
+            kappa = 2.0 * kappa * w[:-1] * w[1:] / (w[:-1] + w[1:])
         return radial.RadialProblem(
             dim=self.dim,
             edges=np.array((0.0,) + tuple(self.radii)) / scale,
             diffusivity=np.array(self.diffusivity) / dref,
-            permeability=np.array(self.permeability) * scale / dref,
+            weight=w,
+            permeability=kappa * scale / dref,
             relaxivity=self.relaxivity * scale / dref,
         )
 
@@ -266,14 +301,16 @@ class RadialEigenmodes:
     group : (nmode,) int64 tensor
         Index of the group of layers (split at impermeable interfaces) holding the mode.
     moments : (nmode, nmode) tensor, µm
-        ``A_kl = int x phi_k phi_l`` with x along the gradient (from the centre; for a slab from
-        the wall at x = 0).
+        ``A_kl = int w x phi_k phi_l`` with x along the gradient (from the centre; for a slab
+        from the wall at x = 0).
     relaxation : (nmode, nmode) tensor, 1/µs
         ``T = sum_i M_i / T2_i``.
     layer_mass : (nlayer, nmode, nmode) tensor, 1
-        ``(M_i)_kl = int_{Omega_i} phi_k phi_l``; their sum is the identity.
+        ``(M_i)_kl = int_{Omega_i} w phi_k phi_l``; their sum is the identity.
     layer_integrals : (nlayer, nmode) tensor, µm^(3/2)
-        ``(U_i)_k = int_{Omega_i} phi_k`` (zero unless n = 0).
+        ``(U_i)_k = int_{Omega_i} w phi_k`` (zero unless n = 0): ``S_i = U_i^T c``.
+    initial : (nmode,) tensor, µm^(3/2)
+        ``c_k(0) = int rho phi_k``.
     eiglim : float, 1/µs
     length_scale : float, µm
         ``pi sqrt(Dmean / eiglim)``.
@@ -288,6 +325,7 @@ class RadialEigenmodes:
     relaxation: torch.Tensor
     layer_mass: torch.Tensor
     layer_integrals: torch.Tensor
+    initial: torch.Tensor
     eiglim: float
     length_scale: float
     timings: dict[str, float] = field(default_factory=dict)
@@ -419,17 +457,14 @@ def compute_radial_eigenmodes(
         start += len(roots)
     nidx, gidx, alpha = nidx[order], gidx[order], alpha[order]
 
-    measure = quad.weights * quad.nodes ** (dim - 1)
+    # per-layer integrals with the radial measure r^(d-1) dr; the weight w_i is constant per layer
+    plain = quad.weights * quad.nodes ** (dim - 1)
+    w_layer = problem.weight
     same_n = nidx[:, None] == nidx[None, :]
     layer_mass = np.stack(
         [
-            np.where(
-                same_n,
-                (values[:, quad.layer == i] * measure[quad.layer == i])
-                @ values[:, quad.layer == i].T,
-                0.0,
-            )
-            for i in range(problem.nlayer)
+            w_layer[i] * np.where(same_n, (values[:, sel] * plain[sel]) @ values[:, sel].T, 0.0)
+            for i, sel in enumerate(quad.layer == i for i in range(problem.nlayer))
         ]
     )
     if dim == 3:
@@ -441,13 +476,17 @@ def compute_radial_eigenmodes(
     else:
         ang0 = 1.0
         coupling = np.ones(nmode)
-    layer_integrals = np.stack(
+    # int_{Omega_i} phi_k: only n = 0 modes have a nonzero angular mean
+    plain_integrals = ang0 * np.stack(
         [
-            ang0 * np.where(nidx == 0, values[:, quad.layer == i] @ measure[quad.layer == i], 0.0)
+            np.where(nidx == 0, values[:, quad.layer == i] @ plain[quad.layer == i], 0.0)
             for i in range(problem.nlayer)
         ]
     )
-    first = values @ (values * (quad.weights * quad.nodes**dim)).T
+    layer_integrals = w_layer[:, None] * plain_integrals
+    initial = np.array(geometry.density) @ plain_integrals
+    weight = w_layer[quad.layer]
+    first = values @ (values * (quad.weights * quad.nodes**dim * weight)).T
     if dim == 1:
         moments = first
     else:
@@ -460,6 +499,7 @@ def compute_radial_eigenmodes(
     eigenvalues = alpha**2 * dref / scale**2
     moments = moments * scale
     layer_integrals = layer_integrals * scale ** (dim / 2) * math.sqrt(extent)
+    initial = initial * scale ** (dim / 2) * math.sqrt(extent)
     rate = np.array([0.0 if math.isinf(t2) else 1.0 / t2 for t2 in geometry.relaxation])
     relaxation = np.einsum("i,ikl->kl", rate, layer_mass)
 
@@ -476,6 +516,7 @@ def compute_radial_eigenmodes(
         relaxation=tens(relaxation),
         layer_mass=tens(layer_mass),
         layer_integrals=tens(layer_integrals),
+        initial=tens(initial),
         eiglim=eiglim,
         length_scale=length_scale,
         timings={"roots": t_roots - t0, "matrices": t_end - t_roots},
@@ -697,7 +738,7 @@ def solve_analytical(
     r"""Signal of a multilayered sphere, cylinder or slab stack by the radial matrix formalism.
 
     Solves the projected Bloch-Torrey system ``c' = -(Lambda + T + i q f(t) A) c`` (module
-    docstring) from ``c(0) = sum_i rho_i U_i`` to TE and returns ``S_i = U_i^T c(TE)``.
+    docstring) from ``c_k(0) = int rho phi_k`` to TE and returns ``S_i = U_i^T c(TE)``.
 
     Parameters
     ----------
@@ -779,8 +820,8 @@ def solve_analytical(
     lin = (torch.diag(eigenmodes.eigenvalues) + eigenmodes.relaxation).to(dev, dtype)
     mom = eigenmodes.moments.to(dev, dtype)
     uvec = eigenmodes.layer_integrals.to(dev, dtype)  # [nlayer, nmode]
-    rho = torch.as_tensor(geometry.density, dtype=dtype, device=dev)
-    c0 = (rho @ uvec).to(torch.complex128 if dtype == torch.float64 else torch.complex64)
+    cdtype = torch.complex128 if dtype == torch.float64 else torch.complex64
+    c0 = eigenmodes.initial.to(dev, dtype).to(cdtype)
     q = qvals.to(dev, dtype)
 
     keys_in_order: list[tuple] = []
