@@ -12,11 +12,13 @@ Results     Result (signal [ncompartment, namplitude, nsequence, ndirection])
 
 __version__ = "0.1.0"
 
-from . import geometry, mesh, optimize, postprocess, solvers
+from . import config, geometry, io, mesh, optimize, postprocess, solvers
+from .config import load_setup, run_setup
 from .errors import MeshError, SetupError, SolverError, SpinDoctorWarning
 from .experiment import Experiment, half_sphere, unit_circle, unit_sphere
 from .fem import FEMatrices, assemble
 from .geometry import CellSetup, create_cells, create_geometry
+from .io import load_results, save_results
 from .mesh import TetMesh
 from .mesh.io import read_mesh, write_mesh
 from .mesh.surface import mesh_surface, tetmesh_to_trimesh
@@ -63,6 +65,12 @@ __all__ = [
     "FEMatrices",
     "Result",
     "optimize",
+    "config",
+    "io",
+    "load_setup",
+    "run_setup",
+    "save_results",
+    "load_results",
     "postprocess",
     "solvers",
     "solve_btpde",
