@@ -4,16 +4,18 @@ Parameterizations map a few parameters to vertex positions (topology fixed), los
 simulated with target signals, :func:`fit` runs Adam or L-BFGS with a mesh-quality guard.
 """
 
-from .loop import History, QualityGuard, fit
+from .loop import INVALID_LOSS, History, QualityGuard, fit
 from .losses import (
     area_prior,
     chamfer_distance,
     hausdorff_distance,
     log_mse_loss,
     mse_loss,
+    point_surface_distance,
     relative_error,
     rician_nll_loss,
     sample_surface,
+    surface_distances,
     surface_smoothness,
     volume_prior,
 )
@@ -29,6 +31,7 @@ from .parameterizations import (
 
 __all__ = [
     "fit",
+    "INVALID_LOSS",
     "History",
     "QualityGuard",
     "Parameterization",
@@ -47,5 +50,7 @@ __all__ = [
     "sample_surface",
     "chamfer_distance",
     "hausdorff_distance",
+    "point_surface_distance",
+    "surface_distances",
     "relative_error",
 ]

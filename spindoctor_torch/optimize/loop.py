@@ -15,28 +15,45 @@ from ..errors import SetupError, SolverError
 from ..mesh.quality import radius_ratios
 from .parameterizations import Parameterization, PhysicalParameters
 
-__all__ = ["History", "QualityGuard", "fit"]
+__all__ = ["History", "QualityGuard", "fit", "INVALID_LOSS"]
+
+INVALID_LOSS = 1e30
+"""Loss returned to L-BFGS's line search for a trial point with an inverted tetrahedron (the
+objective is not evaluated there)."""
 
 
 @dataclass
 class History:
-    """Per-iteration record of an optimization: loss, parameter values, timings, quality."""
+    """Per-iteration record of an optimization: loss, parameter values, timings, quality
+    (minimum normalized radius ratio and minimum signed tet volume, µm³, of the accepted
+    mesh)."""
 
     loss: list[float] = field(default_factory=list)
     parameters: list[dict[str, list]] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
     min_radius_ratio: list[float] = field(default_factory=list)
     events: list[str] = field(default_factory=list)
+    min_volume: list[float] = field(default_factory=list)
 
     @property
     def niter(self) -> int:
         return len(self.loss)
 
-    def append(self, loss: float, values: dict, seconds: float, quality: float) -> None:
+    def append(
+        self,
+        loss: float,
+        values: dict,
+        seconds: float,
+        quality: float,
+        min_volume: float = float("nan"),
+    ) -> None:
+        """Record one iteration: loss, parameter values, seconds, minimum normalized radius
+        ratio and minimum signed tet volume (µm³) of the accepted mesh."""
         self.loss.append(float(loss))
         self.parameters.append({k: np.asarray(v).tolist() for k, v in values.items()})
         self.seconds.append(float(seconds))
         self.min_radius_ratio.append(float(quality))
+        self.min_volume.append(float(min_volume))
 
     def trajectory(self, name: str) -> np.ndarray:
         """(niter, ...) values of parameter ``name`` over the iterations."""
@@ -49,6 +66,7 @@ class History:
             "seconds": self.seconds,
             "min_radius_ratio": self.min_radius_ratio,
             "events": self.events,
+            "min_volume": self.min_volume,
         }
 
     @classmethod
@@ -109,11 +127,17 @@ class QualityGuard:
     remesh: Callable[[Parameterization], Parameterization] | None = None
 
     def quality(self, geometry: Parameterization) -> tuple[bool, float]:
+        """(no tet inverted, minimum normalized radius ratio) of ``geometry.mesh()``."""
+        ok, rr, _ = self.measure(geometry)
+        return ok, rr
+
+    def measure(self, geometry: Parameterization) -> tuple[bool, float, float]:
+        """(no tet inverted, minimum radius ratio, minimum signed tet volume in µm³)."""
         with torch.no_grad():
             mesh = geometry.mesh()
             vol = mesh.tet_signed_volumes()
             rr = radius_ratios(mesh.points, mesh.tets)
-            return bool((vol > 0).all()), float(rr.min())
+            return bool((vol > 0).all()), float(rr.min()), float(vol.min())
 
 
 def _groups(params) -> list:
@@ -151,6 +175,9 @@ def fit(
         The shape parameterization to guard (default: the first Parameterization in
         ``params``).
     optimizer : {"adam", "lbfgs"}
+        L-BFGS (5 inner iterations per outer iteration, strong-Wolfe line search) never
+        simulates a trial point whose mesh has an inverted tet: the closure returns
+        :data:`INVALID_LOSS` with zero gradient there, and the line search retreats.
     lr : float or {parameter name: float}
         Learning rate (Adam) or initial step (L-BFGS); per-parameter rates for Adam.
     maxiter : int
@@ -212,7 +239,9 @@ def fit(
         history = History.from_dict(state["history"])
         start = history.niter
         history.events.append(f"resumed at iteration {start}")
-    initial_quality = guard.quality(geometry)[1] if geometry is not None else 1.0
+    initial_ok, initial_quality = guard.quality(geometry) if geometry is not None else (True, 1.0)
+    if not initial_ok:
+        raise SetupError("the initial geometry has inverted tetrahedra: nothing to start from")
     floor = min(guard.min_radius_ratio, guard.relative * initial_quality)
 
     from tqdm.auto import tqdm
@@ -221,9 +250,16 @@ def fit(
     for it in bar:
         t0 = time.perf_counter()
         good = snapshot()
+        rejected = [0]
 
-        def closure(it=it):
+        def closure(it=it, geometry=geometry, rejected=rejected):
             opt.zero_grad()
+            if optimizer == "lbfgs" and geometry is not None and not guard.quality(geometry)[0]:
+                # A line-search trial point that inverts a tet is never simulated: a huge
+                # finite loss with zero gradient makes the strong-Wolfe search bracket it and
+                # retreat towards the last valid point.
+                rejected[0] += 1
+                return torch.tensor(INVALID_LOSS, dtype=torch.float64)
             loss = objective()
             if not torch.isfinite(loss):
                 raise SolverError(f"objective returned {float(loss)} at iteration {it}")
@@ -254,13 +290,19 @@ def fit(
             ok, q = guard.quality(geometry)
         if nback:
             history.events.append(f"iteration {it}: step halved {nback} time(s)")
+        if rejected[0]:
+            history.events.append(
+                f"iteration {it}: {rejected[0]} line-search point(s) with inverted tets rejected"
+            )
         if optimizer == "adam":
             for pg, s in zip(opt.param_groups, step_scales):
                 pg["lr"] = s
-        history.append(float(loss.detach()), snapshot(), time.perf_counter() - t0, q)
-        bar.set_postfix(loss=f"{float(loss):.3e}")
+        vmin = guard.measure(geometry)[2] if geometry is not None else float("nan")
+        value = float(loss.detach())
+        history.append(value, snapshot(), time.perf_counter() - t0, q, vmin)
+        bar.set_postfix(loss=f"{value:.3e}")
         if callback is not None:
-            callback(it, float(loss))
+            callback(it, value)
         if ckpt and ((it + 1) % checkpoint_every == 0 or it + 1 == maxiter):
             torch.save(
                 {"values": snapshot(), "optimizer": opt.state_dict(), "history": history.to_dict()},
