@@ -438,14 +438,19 @@ def compute_radial_eigenmodes(
     progress.close()
     t_roots = time.perf_counter()
 
-    alpha = np.concatenate([f[0] for f in found]) if found else np.empty(0)
+    if not found:
+        raise SetupError(
+            f"no eigenvalue below eiglim = {eiglim:.6g} 1/µs (length_scale = {length_scale:.6g} "
+            "µm): decrease length_scale"
+        )
+    alpha = np.concatenate([f[0] for f in found])
     nidx = np.concatenate([np.full(len(f[0]), f[1]) for f in found]).astype(np.int64)
     gidx = np.concatenate([np.full(len(f[0]), f[2]) for f in found]).astype(np.int64)
     order = np.lexsort((gidx, nidx, alpha))
     rank = np.empty_like(order)
     rank[order] = np.arange(len(order))
     nmode = len(alpha)
-    n_max = int(nidx.max()) if nmode else 0
+    n_max = int(nidx.max())
 
     quad = radial.make_quadrature(problem, alpha_max, n_max)
     values = np.zeros((nmode, len(quad.nodes)))
@@ -670,7 +675,15 @@ class _Exponentials:
     use.
     """
 
-    def __init__(self, lin, mom, qvalues, keys_in_order, uses, budget):
+    def __init__(
+        self,
+        lin: torch.Tensor,
+        mom: torch.Tensor,
+        qvalues: torch.Tensor,
+        keys_in_order: list[tuple],
+        uses: dict[tuple, int],
+        budget: int,
+    ) -> None:
         self.lin, self.mom, self.q = lin, mom, qvalues
         self.pending = keys_in_order
         self.pos = 0
