@@ -165,6 +165,7 @@ def layered_geometry(setup: Setup, model):
             relaxivity=w.pop() if w else 0.0,
             height=height,
             area=area,
+            coupling=model.coupling,
         )
     except (SetupError, ValueError) as err:
         raise ctx.error("solvers.analytical", str(err)) from None
