@@ -54,13 +54,21 @@ from ..result import Result
 from ._btpde_schemes import TABLEAUS, ESDIRKScheme, Sweep, ThetaScheme, _Piece
 from ._btpde_system import PRECONDITIONERS, SOLVERS, BTSystem, SystemOptions
 
-__all__ = ["solve_btpde", "SPLU_MAX_DOF", "DEFAULT_STEPS_PER_INTERVAL"]
+__all__ = [
+    "solve_btpde",
+    "SPLU_MAX_DOF",
+    "SPLU_MAX_DOF_ADAPTIVE",
+    "DEFAULT_STEPS_PER_INTERVAL",
+]
 
 METHODS = ("auto", "theta", "adaptive")
 
 SPLU_MAX_DOF = 4000
 """``solver="auto"`` uses SuperLU up to this many dofs (CPU, θ-method), COCG above (see
 ``benchmarks/bench_btpde.py`` for the measured cross-over)."""
+
+SPLU_MAX_DOF_ADAPTIVE = 1000
+"""The same for the adaptive method, which refactorizes every stage of every step."""
 
 DEFAULT_STEPS_PER_INTERVAL = 100
 """θ-method steps per interval of constant gradient when neither ``timestep`` nor ``nsteps``
@@ -214,16 +222,17 @@ class _BTPDESweep(torch.autograd.Function):
             snapshot_times=cfg.snapshot_times,
             progress=bar.update,
         )
-        y0 = xi0.detach().to(system.dtype).unsqueeze(1).expand(system.n, system.k).contiguous()
+        y0 = system.to_internal(xi0.detach().to(system.dtype))
+        y0 = y0.unsqueeze(1).expand(system.n, system.k).contiguous()
         try:
-            y = sweep.forward(y0)
+            y = system.to_original(sweep.forward(y0))
         finally:
             bar.close()
         cfg.record.update(
             nsteps=scheme.nsteps,
             times=list(scheme.times),
             rejected=getattr(scheme, "rejected", 0),
-            snapshots=sweep.snapshots,
+            snapshots={t: system.to_original(v) for t, v in sweep.snapshots.items()},
             checkpoint_every=sweep.k,
             stored_states=len(sweep.checkpoints),
         )
@@ -245,9 +254,12 @@ class _BTPDESweep(torch.autograd.Function):
             leave=False,
         )
         try:
-            acc, g0 = sweep.backward(grad_y.contiguous(), any(need[1:5]), bar.update)
+            g = sweep.sys.to_internal(grad_y.contiguous())
+            acc, g0 = sweep.backward(g, any(need[1:5]), bar.update)
         finally:
             bar.close()
+        g0 = sweep.sys.to_original(g0)
+        back = sweep.sys.values_to_original
         ctx.sweep = None  # free checkpoints and factorizations
         gxi0 = None
         if need[5]:
@@ -256,9 +268,9 @@ class _BTPDESweep(torch.autograd.Function):
                 gxi0 = gxi0.real
         out = (
             None,
-            acc.gM if need[1] else None,
-            acc.gA0 if need[2] else None,
-            acc.gG if need[3] else None,
+            back(acc.gM) if need[1] else None,
+            back(acc.gA0) if need[2] else None,
+            back(acc.gG) if need[3] else None,
             acc.gq if need[4] else None,
             gxi0,
         )
@@ -329,7 +341,7 @@ def solve_btpde(
     solver : {"auto", "splu", "cocg"}
         Linear solver of the step systems: SciPy SuperLU (tuned) or COCG with a shared real
         preconditioner (any device). "auto": SuperLU on CPU for the θ-method up to
-        :data:`SPLU_MAX_DOF` dofs, COCG otherwise.
+        :data:`SPLU_MAX_DOF` dofs (adaptive: :data:`SPLU_MAX_DOF_ADAPTIVE`), COCG otherwise.
     preconditioner : {"auto", "jacobi", "amg", "factor"}
         COCG preconditioner: complex Jacobi, smoothed-aggregation AMG (pyamg hierarchy, torch
         cycle) or an exact real factorization of ``M + c(K+Q+R)``. "auto": Jacobi.
@@ -402,11 +414,8 @@ def solve_btpde(
     dtype = mats.M.dtype
     ndof = mats.ndof
     if solver == "auto":
-        solver = (
-            "splu"
-            if device.type == "cpu" and method == "theta" and ndof <= SPLU_MAX_DOF
-            else "cocg"
-        )
+        limit = SPLU_MAX_DOF if method == "theta" else SPLU_MAX_DOF_ADAPTIVE
+        solver = "splu" if device.type == "cpu" and ndof <= limit else "cocg"
     if preconditioner == "auto":
         preconditioner = "jacobi"
     snap = None
@@ -534,7 +543,7 @@ def solve_btpde(
         "solves": options.stats["solves"],
         "cocg_iterations": options.stats["iterations"],
         "checkpoint_every": [r["checkpoint_every"] for r in records],
-        "relaxation_factored": float(r0),
+        "relaxation_factored": float(r0.detach()),
     }
     return Result(
         signal=signal,
