@@ -26,6 +26,7 @@ a complex CSR times ``k`` complex columns in torch 2.13, and 20x faster than gat
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -48,6 +49,7 @@ __all__ = [
     "FactorPreconditioner",
     "AMGPreconditioner",
     "csr_tensor",
+    "sparse_csr",
     "real_matmul",
 ]
 
@@ -71,6 +73,14 @@ def _to_scipy(matrix) -> sp.csc_matrix:
     raise TypeError(f"matrix must be a SparseMatrix or a SciPy sparse matrix, got {type(matrix)}")
 
 
+def sparse_csr(crow, cols, values, size) -> torch.Tensor:
+    """``torch.sparse_csr_tensor`` without invariant checks and without torch's one-time
+    "beta" warning (the layout is used for products only)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return torch.sparse_csr_tensor(crow, cols, values, size=size, check_invariants=False)
+
+
 def csr_tensor(pattern: SparsePattern, values: torch.Tensor) -> torch.Tensor:
     """torch sparse CSR tensor on ``pattern`` with detached ``values`` (for fast products).
 
@@ -79,9 +89,7 @@ def csr_tensor(pattern: SparsePattern, values: torch.Tensor) -> torch.Tensor:
     """
     crow = _crow_cache(pattern, values.device)
     cols = pattern.cols.to(values.device)
-    return torch.sparse_csr_tensor(
-        crow, cols, values.detach(), size=(pattern.n, pattern.n), check_invariants=False
-    )
+    return sparse_csr(crow, cols, values.detach(), (pattern.n, pattern.n))
 
 
 _CROWS: dict[tuple[int, str], torch.Tensor] = {}
@@ -556,13 +564,12 @@ class AMGPreconditioner:
 def _scipy_to_torch_csr(a: sp.csr_matrix, device, dtype=torch.float64) -> torch.Tensor:
     a = sp.csr_matrix(a)
     a.sort_indices()
-    return torch.sparse_csr_tensor(
-        torch.as_tensor(a.indptr, dtype=torch.int64),
-        torch.as_tensor(a.indices, dtype=torch.int64),
-        torch.as_tensor(a.data, dtype=dtype),
-        size=a.shape,
-        check_invariants=False,
-    ).to(device)
+    return sparse_csr(
+        torch.as_tensor(a.indptr, dtype=torch.int64, device=device),
+        torch.as_tensor(a.indices, dtype=torch.int64, device=device),
+        torch.as_tensor(a.data, dtype=dtype, device=device),
+        a.shape,
+    )
 
 
 def _spectral_radius(a, iterations: int = 30, seed: int = 0) -> float:

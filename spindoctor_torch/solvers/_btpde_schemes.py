@@ -46,6 +46,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import SetupError, SolverError
+from ..linalg.solve import sparse_csr
 from ._btpde_system import BTSystem
 
 __all__ = ["GradientAccumulator", "ThetaScheme", "ESDIRKScheme", "Tableau", "TABLEAUS", "Sweep"]
@@ -69,12 +70,11 @@ class GradientAccumulator:
         self.gG = torch.zeros(len(system.G), nnz, dtype=rd, device=dev)
         self.gq = torch.zeros(system.k, dtype=rd, device=dev)
         p = system.pattern
-        self._template = torch.sparse_csr_tensor(
+        self._template = sparse_csr(
             system.M.crow_indices(),
-            p.cols.to(dev),
+            system.M.col_indices(),
             torch.zeros(nnz, dtype=system.dtype, device=dev),
-            size=(p.n, p.n),
-            check_invariants=False,
+            (p.n, p.n),
         )
 
     def _sampled(self, a: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
