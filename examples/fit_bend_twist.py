@@ -10,9 +10,9 @@ centre line into a helix-like curve, which the signals in directions out of the 
 The optimized geometry is a mesh of the straight cylinder deformed by
 :class:`~spindoctor_torch.optimize.BendTwist` (parameters ``bend``, ``twist``); its signals come
 from the matrix formalism. The target signals come from an independent, finer mesh of the
-same cylinder deformed by SpinDoctor's own rule (:func:`~spindoctor_torch.mesh.deform.
-bend_twist`, extents and twist centre measured on that mesh), so discretization differs
-between target and fit.
+same cylinder deformed by SpinDoctor's own rule
+(:func:`~spindoctor_torch.mesh.deform.bend_twist`: extents and twist centre measured on that
+mesh), so the discretizations of target and fit differ.
 
 Writes to ``--output``: ``trace.png`` (loss, bend and twist at every objective evaluation),
 ``before_after.png`` (PyVista overlay of start, fit and target), ``history.json``,
@@ -32,6 +32,8 @@ import numpy as np
 import torch
 
 from spindoctor_torch.experiment import Experiment, unit_sphere
+from spindoctor_torch.mesh.deform import bend_twist
+from spindoctor_torch.mesh.gmsh_recipes import cylinder
 from spindoctor_torch.model import Model
 from spindoctor_torch.optimize import BendTwist, fit, mse_loss, relative_error
 from spindoctor_torch.sequences import PGSE
@@ -110,9 +112,6 @@ def run(
     output : folder for plots and JSON (nothing written when None).
     render : also write the PyVista overlay.
     """
-    from spindoctor_torch.mesh.deform import bend_twist
-    from spindoctor_torch.mesh.gmsh_recipes import cylinder
-
     target = dict(TARGET if target is None else target)
     start = {k: 0.5 * v for k, v in target.items()} if start is None else dict(start)
     t0 = time.perf_counter()

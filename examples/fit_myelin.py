@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from spindoctor_torch.experiment import Experiment, unit_circle
+from spindoctor_torch.mesh.gmsh_recipes import cylinder
 from spindoctor_torch.model import Model
 from spindoctor_torch.optimize import (
     PhysicalParameters,
@@ -130,8 +131,6 @@ def run(
     output : folder for plots and JSON (nothing written when None).
     render : also write the PyVista overlay.
     """
-    from spindoctor_torch.mesh.gmsh_recipes import cylinder
-
     target = dict(TARGET if target is None else target)
     t0 = time.perf_counter()
     r_in, r_out = radii_start

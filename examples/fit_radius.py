@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from spindoctor_torch.experiment import Experiment, unit_circle
+from spindoctor_torch.mesh.gmsh_recipes import cylinder
 from spindoctor_torch.model import Model
 from spindoctor_torch.optimize import RadialMap, fit, mse_loss, relative_error, rician_nll_loss
 from spindoctor_torch.sequences import PGSE
@@ -103,7 +104,7 @@ def run(
     noise: float = 0.0,
     seed: int = 0,
     length_scale: float = 1.0,
-    maxiter: int = 4,
+    maxiter: int = 2,
     output: str | Path | None = None,
     render: bool = True,
     quiet: bool = False,
@@ -123,8 +124,6 @@ def run(
     output : folder for plots and JSON (nothing written when None).
     render : also write the PyVista before/after/target overlay.
     """
-    from spindoctor_torch.mesh.gmsh_recipes import cylinder
-
     t0 = time.perf_counter()
     mesh = cylinder(radius_start, height, h)
     geometry = RadialMap(mesh, knots=[radius_start], axis=(0.0, 0.0, 1.0))
@@ -179,6 +178,7 @@ def run(
         if render:
             from spindoctor_torch.viz.scenes import render_overlay
 
+            # Display only: the target signals are analytical, this is its shape.
             target_map = RadialMap(mesh, knots=[radius_start], axis=(0.0, 0.0, 1.0))
             target_map.set_values({"radii": [radius_target]})
             render_overlay(
@@ -201,7 +201,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--h", type=float, default=0.5, help="mesh size, µm")
     ap.add_argument("--ndirection", type=int, default=6)
-    ap.add_argument("--maxiter", type=int, default=4)
+    ap.add_argument("--maxiter", type=int, default=2)
     ap.add_argument("--no-render", action="store_true", help="skip the PyVista render")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)

@@ -231,6 +231,14 @@ class BendTwist(Parameterization):
         return twist(bent, self.parameters["twist"], height=h, center=self.center_xy + shift)
 
 
+def _spd_splu(a: sp.csc_matrix):
+    """SuperLU factorization of a symmetric positive definite matrix: symmetric ordering and
+    no pivoting (3x faster and half the fill of the defaults on a 3-D P1 Laplacian)."""
+    return spla.splu(
+        a, permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0, options={"SymmetricMode": True}
+    )
+
+
 class _LinearSolveMap(torch.autograd.Function):
     """y = S x with S = A⁻¹B a fixed sparse linear map (factorized once); backward Sᵀ g."""
 
@@ -289,7 +297,7 @@ class FreeForm(Parameterization):
         adj = ((adj + adj.T) > 0).astype(np.float64)
         lap = sp.diags(np.asarray(adj.sum(1)).ravel()) - adj
         self.smoothing = float(smoothing)
-        self._smooth = spla.splu((sp.eye(ns) + smoothing * lap).tocsc())
+        self._smooth = _spd_splu((sp.eye(ns) + smoothing * lap).tocsc())
         # Harmonic extension with the reference-mesh P1 Laplacian (unsplit nodes).
         from ..fem.elements import tet_geometry, tet_stiffness
 
@@ -303,7 +311,7 @@ class FreeForm(Parameterization):
         interior = np.setdiff1d(np.arange(topo.npoint), self.surface_nodes)
         self.interior_nodes = interior
         self._k_ib = kmat[interior][:, self.surface_nodes].tocsr()
-        self._k_ii = spla.splu(kmat[interior][:, interior].tocsc()) if interior.size else None
+        self._k_ii = _spd_splu(kmat[interior][:, interior].tocsc()) if interior.size else None
         self._param("z", torch.zeros(ns, 3))
 
     def _np(self, x: torch.Tensor) -> np.ndarray:
