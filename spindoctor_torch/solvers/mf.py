@@ -325,7 +325,7 @@ def compute_laplace_eig(
     if cache_file is not None and precomputed is None:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         np.savez(cache_file, values=st.values, vectors=st.vectors, k=st.k)
-    if info.capped:
+    if info.capped and math.isfinite(lam_max):  # no warning when only neig_max was asked
         lk = float(lam[-1].detach())
         warnings.warn(
             f"neig_max = {neig_max} cuts the requested length scale: the last mode has "
