@@ -51,7 +51,7 @@ def test_radius_recovered_within_1_percent():
 
     Measured 0.27 % (fit 4.2115 µm): the inscribed polygon of the h = 0.5 mesh has a slightly
     smaller effective radius, so the fit overshoots a little. Tolerance: the issue's 1 %."""
-    s = _example("fit_radius").run(maxiter=2, render=False, quiet=True)
+    s = _example("fit_radius").run(maxiter=2, confirm=False, render=False, quiet=True)
     assert s["relative_error"] < 0.01, s["radius_fit"]
     assert s["history"].loss[-1] < 1e-3 * s["history"].loss[0]
 
@@ -60,7 +60,9 @@ def test_radius_with_rician_noise_within_3_percent():
     """Same fit on magnitudes with 2 % Rician noise (seed 0), Rician negative log-likelihood.
 
     Measured 0.64 % (seeds 1-3: 0.33, 0.87, 0.73 %). Tolerance: the issue's 3 %."""
-    s = _example("fit_radius").run(noise=0.02, seed=0, maxiter=2, render=False, quiet=True)
+    s = _example("fit_radius").run(
+        noise=0.02, seed=0, maxiter=2, confirm=False, render=False, quiet=True
+    )
     assert s["relative_error"] < 0.03, s["radius_fit"]
 
 
@@ -133,7 +135,7 @@ def test_bend_and_twist_recovered_within_5_percent():
     """Bend 0.06 → 0.12 and twist 1.5 → 3.0 rad on an h = 0.25 mesh; target from an h = 0.16
     mesh deformed by SpinDoctor's rule; 15 directions, 2 PGSE, 3 b-values.
 
-    Measured 0.32 % (bend) and 1.04 % (twist); the linearized bias of the mesh
+    Measured 0.36 % (bend) and 0.44 % (twist); the linearized bias of the mesh
     discretization predicts 0.3 % and 0.9 %. Tolerance: the issue's 5 %."""
     s = _example("fit_bend_twist").run(render=False, quiet=True)
     assert s["relative_error"]["bend"] < 0.05, s["fit"]
@@ -145,7 +147,8 @@ def test_myelin_radii_and_permeability_within_5_percent():
     """Axon radius 2 → 2.6, outer radius 3 → 3.5 µm and κ 2e-4 → 5e-5 µm/µs against the
     analytical two-layer cylinder (3 PGSE with different TE, T2 and D per layer).
 
-    Measured about 0.3 % for each of the three (h = 0.5 mesh). Tolerance: the issue's 5 %."""
+    Measured 0.11 %, 0.06 % and 1.0 % (h = 0.5 mesh, 6 L-BFGS iterations; κ, the least
+    determined, is still converging). Tolerance: the issue's 5 %."""
     s = _example("fit_myelin").run(ndirection=2, render=False, quiet=True)
     for k, err in s["relative_error"].items():
         assert err < 0.05, (k, s["fit"])
@@ -155,7 +158,10 @@ def test_myelin_radii_and_permeability_within_5_percent():
 def test_freeform_sphere_to_ellipsoid():
     """Ball of the same volume → ellipsoid (6, 4, 3) µm from 32 directions × 3 b-values × 2
     diffusion times: Chamfer distance to the target surface reduced by ≥ 70 % and no
-    inverted tet at any iteration (minimum tet volume recorded per iteration)."""
+    inverted tet at any iteration (minimum tet volume recorded per iteration).
+
+    Measured 0.591 → 0.099 µm (83 %) in 45 Adam iterations; smallest tet volume over all
+    iterations 0.033 µm³ (0.038 at the start)."""
     s = _example("fit_freeform").run(render=False, quiet=True)
     assert s["chamfer_reduction"] >= 0.70, (s["chamfer_start"], s["chamfer_final"])
     assert min(s["history"].min_volume) > 0.0
