@@ -28,7 +28,6 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from spindoctor_torch.experiment import Experiment, unit_sphere
@@ -38,6 +37,7 @@ from spindoctor_torch.model import Model
 from spindoctor_torch.optimize import BendTwist, fit, mse_loss, relative_error
 from spindoctor_torch.sequences import PGSE
 from spindoctor_torch.solvers.mf import solve_mf
+from spindoctor_torch.viz.plots import plot_history
 
 DIFFUSIVITY = 0.002  # µm²/µs
 RADIUS, HEIGHT = 1.0, 10.0  # µm
@@ -60,28 +60,8 @@ def signals(mesh, experiment: Experiment, length_scale: float) -> torch.Tensor:
 def plot_trace(trace: dict[str, list[float]], truth: dict[str, float], path) -> None:
     """Loss and parameters at every objective evaluation (L-BFGS line-search points
     included), the targets dashed."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    names = [k for k in trace if k != "loss"]
-    fig, axes = plt.subplots(1, 1 + len(names), figsize=(4 * (1 + len(names)), 3.2))
-    loss = np.asarray(trace["loss"])
-    if loss.min() > 0:
-        axes[0].semilogy(loss, "k.-")
-    else:  # e.g. a negative log-likelihood without its constant
-        axes[0].plot(loss, "k.-")
-    axes[0].set_title("loss")
-    for ax, name in zip(axes[1:], names):
-        ax.plot(trace[name], ".-")
-        ax.axhline(truth[name], color="r", ls="--", lw=1)
-        ax.set_title(name)
-    for ax in axes:
-        ax.set_xlabel("objective evaluation")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    params = {k: v for k, v in trace.items() if k != "loss"}
+    plot_history({"loss": trace["loss"], "parameters": params}, targets=truth, path=path)
 
 
 def run(

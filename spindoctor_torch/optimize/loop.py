@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,36 +76,17 @@ class History:
     def save(self, path) -> None:
         Path(path).write_text(json.dumps(self.to_dict()))
 
-    def plot(self, path=None, *, names: Sequence[str] | None = None, truth: dict | None = None):
-        """Loss curve and parameter trajectories (matplotlib Figure; saved if ``path``)."""
-        import matplotlib
+    def plot(self, path=None, *, truth: dict | None = None):
+        """Loss curve and parameter trajectories (a matplotlib Figure, saved if ``path``);
+        see :func:`spindoctor_torch.viz.plot_history`."""
+        from ..viz.plots import plot_history
 
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
-
-        names = [
-            n
-            for n in (names or list(self.parameters[0]) if self.parameters else [])
-            if np.asarray(self.parameters[0][n]).size <= 6
-        ]
-        fig, axes = plt.subplots(1, 1 + len(names), figsize=(4 * (1 + len(names)), 3.2))
-        axes = np.atleast_1d(axes)
-        axes[0].semilogy(np.arange(self.niter), self.loss, "k-")
-        axes[0].set_xlabel("iteration")
-        axes[0].set_ylabel("loss")
-        axes[0].set_title("loss")
-        for ax, n in zip(axes[1:], names):
-            traj = self.trajectory(n).reshape(self.niter, -1)
-            ax.plot(traj)
-            if truth and n in truth:
-                for t in np.atleast_1d(truth[n]):
-                    ax.axhline(t, color="r", ls="--", lw=1)
-            ax.set_xlabel("iteration")
-            ax.set_title(n)
-        fig.tight_layout()
-        if path is not None:
-            fig.savefig(path, dpi=120)
-        return fig
+        scalars = {
+            name: self.trajectory(name).reshape(self.niter, -1)[:, 0].tolist()
+            for name in (self.parameters[0] if self.parameters else {})
+            if np.asarray(self.parameters[0][name]).size == 1
+        }
+        return plot_history({"loss": self.loss, "parameters": scalars}, targets=truth, path=path)
 
 
 @dataclass

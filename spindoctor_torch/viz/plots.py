@@ -374,8 +374,10 @@ def plot_history(
             k: [float(np.asarray(_np(p[k])).reshape(-1)[0]) for p in params] for k in params[0]
         }
     fig, (ax1, ax2) = _figure(2)
-    if loss.size:
-        ax1.semilogy(np.arange(loss.size), np.maximum(loss, 1e-300), "-", color="C3")
+    if loss.size and loss.min() > 0:
+        ax1.semilogy(np.arange(loss.size), loss, "-", color="C3")
+    elif loss.size:  # e.g. a negative log-likelihood without its constant
+        ax1.plot(np.arange(loss.size), loss, "-", color="C3")
     ax1.set_xlabel("iteration")
     ax1.set_ylabel("loss")
     ax1.set_title("loss")
