@@ -9,17 +9,19 @@ interval with constant φ and step dt:
 
     (M + θ dt A) y_{n+1} = (M − (1−θ) dt A) y_n.
 
-TR-BDF2 (any profile; Bank et al. 1985; written as the ESDIRK of Hosea & Shampine 1996 with
-γ = 2 − √2, d = γ/2, w = √2/4), step h from t with A_i = A(t_i), t_1 = t, t_2 = t + γh,
-t_3 = t + h:
+Adaptive ESDIRK (any profile): stiffly accurate, explicit first stage, diagonal γ; step h from
+t with t_i = t + c_i h, A_i = A(t_i), Y_1 = y_n:
 
-    (M + d h A_2) Y_2 = M Y_1 − d h A_1 Y_1
-    (M + d h A_3) Y_3 = M Y_1 − w h (A_1 Y_1 + A_2 Y_2)
+    (M + γ h A_i) Y_i = M Y_1 − h Σ_{l<i} a_il A_l Y_l   (i = 2 … s),   y_{n+1} = Y_s.
 
-with the embedded third-order estimate (b − b̂ = [(4w−1)/3, −1/3, 2d/3]) filtered through the
-stage matrix, ``e = (M + d h A_3)⁻¹ · (−h Σ_i (b_i − b̂_i) A_i Y_i)``; a step is accepted when
-``max |e| / (atol + rtol·max(|Y_1|, |Y_3|)) ≤ 1`` and the next step is scaled by
-``0.9·err^(−1/3)`` (clipped to [0.2, 5]). Steps restart at the sequence breakpoints.
+Tableaus: ``esdirk3`` (default), Kennedy & Carpenter's ESDIRK3(2)4L[2]SA (the implicit part of
+ARK3(2)4L[2]SA; third order, L-stable, second-order embedded pair), and ``trbdf2`` (Bank et al.
+1985 in the ESDIRK form of Hosea & Shampine 1996: γ = 2 − √2, a = [[0], [d, d], [w, w, d]],
+d = γ/2, w = √2/4, third-order embedded pair). The error estimate is filtered through the
+stage matrix, ``e = (M + γ h A_s)⁻¹ · (−h Σ_i (b_i − b̂_i) A_i Y_i)``; a step is accepted
+when ``max |e| / (atol + rtol·max(|y_n|, |y_{n+1}|)) ≤ 1`` (the max norm of ode15s) and the next
+step is scaled by ``0.9·err^(−1/3)`` (clipped to [0.2, 5]). Steps restart at the sequence
+breakpoints. On a CosOGSE test ESDIRK3 needed half the steps of TR-BDF2 at equal error.
 
 Discrete adjoint. For a step ``L y_{n+1} = R y_n`` and ``g = ∂ℓ/∂ȳ_{n+1}`` (torch's
 convention), ``μ = L⁻ᴴ g``, ``∂ℓ/∂ȳ_n = Rᴴ μ`` and the gradient of every matrix entering L (R)
@@ -31,6 +33,8 @@ is kept in the forward sweep, the states of one segment are recomputed in the ba
 
 References
 ----------
+C. A. Kennedy, M. H. Carpenter, "Additive Runge-Kutta schemes for convection-diffusion-reaction
+equations", Appl. Numer. Math. 44 (2003) 139-181, doi:10.1016/S0168-9274(02)00138-1.
 R. E. Bank et al., "Transient simulation of silicon devices and circuits", IEEE Trans. CAD 4
 (1985) 436-451, doi:10.1109/TCAD.1985.1270142.
 M. E. Hosea, L. F. Shampine, "Analysis and implementation of TR-BDF2", Appl. Numer. Math. 20
@@ -444,7 +448,7 @@ class Sweep:
     Parameters
     ----------
     system : BTSystem
-    scheme : ThetaScheme or TRBDF2Scheme
+    scheme : ThetaScheme or ESDIRKScheme
     store : bool, keep checkpoints for a backward sweep
     checkpoint : int or None, keep every K-th state (None: every state while the stored
         states fit ``memory_budget`` bytes, then thinned by halving)
@@ -509,17 +513,23 @@ class Sweep:
             y_s, aux_s = self.checkpoints[s]
             states = [y_s]
             auxes = []
+            stored_end = self.checkpoints[e][0] if e in self.checkpoints else self.final
             if e - s == 1 and (aux_s is not None or isinstance(scheme, ThetaScheme)):
-                nxt = self.checkpoints[e][0] if e in self.checkpoints else self.final
-                states.append(nxt)
+                states.append(stored_end)
                 auxes.append(aux_s)
             else:
+                # Recompute the segment; the θ-method needs no stage values, so its last
+                # state is the stored one (K − 1 recomputed solves per K steps).
+                last = e - 1 if isinstance(scheme, ThetaScheme) else e
                 y_prev = None
-                for n in range(s, e):
+                for n in range(s, last):
                     y_next, aux = scheme.step(self.sys, n, states[-1], y_prev)
                     y_prev = states[-1]
                     states.append(y_next)
                     auxes.append(aux)
+                if last < e:
+                    states.append(stored_end)
+                    auxes.append(None)
             self.peak_states = max(self.peak_states, len(self.checkpoints) + len(states))
             for n in range(e - 1, s - 1, -1):
                 i = n - s

@@ -249,22 +249,32 @@ class BTSystem:
     def apply_M(self, x: torch.Tensor) -> torch.Tensor:
         return real_matmul(self.M, x)
 
-    def apply_J(self, phi: torch.Tensor, x: torch.Tensor, *, scaled: bool = False) -> torch.Tensor:
-        """``i Σ_m q φ_m G_m x`` column-wise (the imaginary part of A)."""
+    def apply_J(
+        self,
+        phi: torch.Tensor,
+        x: torch.Tensor,
+        *,
+        scaled: bool = False,
+        scale: float = 1.0,
+        out: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``scale · i Σ_m q φ_m G_m x`` column-wise (the imaginary part of A), added to
+        ``out`` in place when given."""
         mats = self.sG if scaled else self.G
-        out = torch.zeros_like(x)
+        if out is None:
+            out = torch.zeros_like(x)
         for m, cols in enumerate(self.columns):
             ph = float(phi[m])
             if ph == 0.0:
                 continue
-            coef = (1j * ph) * self.q[cols].to(x.dtype)
-            out[:, cols] = out[:, cols] + coef * real_matmul(mats[m], x[:, cols])
+            coef = (1j * ph * scale) * self.q[cols].to(x.dtype)
+            out[:, cols].addcmul_(real_matmul(mats[m], x[:, cols]), coef)
         return out
 
     def apply_A(self, phi: torch.Tensor, x: torch.Tensor, *, transpose: bool = False):
         """``A(φ) x`` (or ``A(φ)ᵀ x``, no conjugation), column-wise."""
         a0 = self.A0T if transpose else self.A0
-        return real_matmul(a0, x) + self.apply_J(phi, x)
+        return self.apply_J(phi, x, out=real_matmul(a0, x))
 
     def apply_AH(self, phi: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """``A(φ)ᴴ x``."""
@@ -375,7 +385,8 @@ class BTSystem:
         values = self.sM_values + c * self.sA0_values
         mat = SparseMatrix(self.pattern, values)
         if kind == "amg":
-            p = AMGPreconditioner(mat.detach())
+            # float32 cycle: half the memory traffic, same iteration counts (measured)
+            p = AMGPreconditioner(mat.detach(), dtype=torch.float32)
         else:
             p = FactorPreconditioner(SuperLUFactor(mat))
             self.options.stats["factorizations"] += 1
@@ -387,7 +398,7 @@ class BTSystem:
         cdt = c  # python float
 
         def matvec(x):
-            return real_matmul(B, x) + cdt * self.apply_J(phi, x, scaled=True)
+            return self.apply_J(phi, x, scaled=True, scale=cdt, out=real_matmul(B, x))
 
         s = self.scaling if self._use_scaling else None
         rhs = b if (s is None or transpose) else b * s.unsqueeze(1)

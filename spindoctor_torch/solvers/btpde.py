@@ -17,10 +17,14 @@ default, with a fixed number of steps per interval of constant gradient and one 
 (or one preconditioner) per distinct interval matrix reused by every step, forward and
 backward. The two lobes of a PGSE are complex conjugates: one factorization serves both.
 
-``adaptive`` (any profile: OGSE, custom, Waveform3D): TR-BDF2 with an embedded error estimate,
-``rtol``/``atol`` as SpinDoctor's ode15s (1e-4/1e-6), restarted at every breakpoint of the
-sequence; the time-dependent step systems are solved by COCG with a shared real
-preconditioner.
+``adaptive`` (any profile: OGSE, custom, Waveform3D): a stiffly accurate ESDIRK (third order,
+L-stable; TR-BDF2 on request) with an embedded error estimate, ``rtol``/``atol`` as SpinDoctor's
+ode15s (1e-4/1e-6, max norm), restarted at every breakpoint of the sequence; on larger meshes
+the time-dependent step systems are solved by COCG with a shared real preconditioner.
+
+The first moments are taken about the mean vertex c (``J_d − c_d M``): exact for the
+semi-discrete system (``ξ = e^{−i q c·u F(t)} η``, and F(TE) = 0 for refocused sequences), it
+halves the phase rotation the time stepping has to resolve.
 
 A uniform relaxation rate ``r0 = min_i 1/T2_i`` is factored out exactly
 (``ξ = e^{-r0 t} η``), so a single-T2 model gives exactly the factor ``exp(−TE/T2)``.
@@ -70,11 +74,15 @@ SPLU_MAX_DOF = 4000
 SPLU_MAX_DOF_ADAPTIVE = 1000
 """The same for the adaptive method, which refactorizes every stage of every step."""
 
-DEFAULT_STEPS_PER_INTERVAL = 100
-"""θ-method steps per interval of constant gradient when neither ``timestep`` nor ``nsteps``
-is given."""
+AMG_MIN_DOF = 5000
+"""``preconditioner="auto"`` uses AMG (if pyamg is installed) from this many dofs on, Jacobi
+below (at 10k dofs AMG needed 3x fewer COCG iterations, at 50k 8x)."""
 
-DEFAULT_MEMORY_BUDGET = 512 * 2**20
+DEFAULT_STEPS_PER_INTERVAL = 50
+"""θ-method steps per interval of constant gradient when neither ``timestep`` nor ``nsteps``
+is given (Crank-Nicolson time error on SpinDoctor's sphere, b ≤ 4000: 4e-6 relative)."""
+
+DEFAULT_MEMORY_BUDGET = 2**30
 """Bytes of stored states per sequence before checkpoints are thinned."""
 
 
@@ -245,6 +253,11 @@ class _BTPDESweep(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_y):
         sweep, cfg = ctx.sweep, ctx.cfg
+        if sweep is None:
+            raise RuntimeError(
+                "solve_btpde's backward pass can run only once (its checkpoints and "
+                "factorizations are freed after it); run solve_btpde again for a second pass"
+            )
         t0 = time.perf_counter()
         need = ctx.needs_input_grad
         bar = tqdm(
@@ -291,8 +304,17 @@ def _shift_phase(seq, center, u_cols, qcols, times) -> torch.Tensor:
     return torch.exp(-1j * arg)
 
 
-def scheme_total(scheme) -> float | None:
-    return scheme.progress_total() if isinstance(scheme, ThetaScheme) else None
+def _has_pyamg() -> bool:
+    try:
+        import pyamg  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def scheme_total(scheme) -> float:
+    """Progress-bar total: steps (θ-method) or µs (adaptive)."""
+    return scheme.progress_total()
 
 
 # ------------------------------------------------------------------------------ public API
@@ -335,7 +357,7 @@ def solve_btpde(
         θ-method steps per interval (instead of ``timestep``). Default (neither given):
         :data:`DEFAULT_STEPS_PER_INTERVAL`.
     method : {"auto", "theta", "adaptive"}
-        "auto": θ-method when every sequence is piecewise constant, else adaptive TR-BDF2.
+        "auto": θ-method when every sequence is piecewise constant, else adaptive ESDIRK.
     rtol, atol : float
         Error tolerances of the adaptive method (relative; absolute, in units of ρ).
     solver : {"auto", "splu", "cocg"}
@@ -344,9 +366,17 @@ def solve_btpde(
         :data:`SPLU_MAX_DOF` dofs (adaptive: :data:`SPLU_MAX_DOF_ADAPTIVE`), COCG otherwise.
     preconditioner : {"auto", "jacobi", "amg", "factor"}
         COCG preconditioner: complex Jacobi, smoothed-aggregation AMG (pyamg hierarchy, torch
-        cycle) or an exact real factorization of ``M + c(K+Q+R)``. "auto": Jacobi.
+        cycle) or an exact real factorization of ``M + c(K+Q+R)``. "auto": AMG from
+        :data:`AMG_MIN_DOF` dofs on (if pyamg is installed), Jacobi below.
     linear_rtol : float, default 1e-10
         COCG relative residual tolerance (also that of the adjoint solves).
+    integrator : {"esdirk3", "trbdf2"}
+        Adaptive scheme: ESDIRK3(2)4L[2]SA (default) or TR-BDF2.
+    step_times : list (one per sequence) of increasing times, µs, optional
+        Replay this step sequence with the adaptive method, without error control (e.g.
+        ``previous_result.info["step_times"]``): the discretization then no longer depends
+        on the parameters, so losses are smooth functions of them (optimization, finite
+        differences). Must start at 0, end at TE and contain every breakpoint.
     checkpoint : int, optional
         Keep every K-th state for the backward sweep (segments recomputed). Default: every
         state while they fit ``memory_budget`` bytes, then thinned by halving.
@@ -417,7 +447,7 @@ def solve_btpde(
         limit = SPLU_MAX_DOF if method == "theta" else SPLU_MAX_DOF_ADAPTIVE
         solver = "splu" if device.type == "cpu" and ndof <= limit else "cocg"
     if preconditioner == "auto":
-        preconditioner = "jacobi"
+        preconditioner = "amg" if ndof >= AMG_MIN_DOF and _has_pyamg() else "jacobi"
     snap = None
     if snapshot_times is not None:
         snap = [float(t) for t in torch.as_tensor(snapshot_times, dtype=torch.float64).reshape(-1)]
