@@ -47,7 +47,7 @@ def _q(b: float, delta: float, Delta: float) -> float:
 def test_box_pgse_matches_exact_1d_product():
     """Box [0,10]×[0,8]×[0,6], h = L/12 per axis, PGSE along x and (1,1,0)/√2 against the
     product of exact 1-D cosine-series solutions. Tolerance 0.5% (the issue's bound; the P1
-    error measured here is 0.36% at b = 4000 along x, 0.15% at b = 1000)."""
+    error measured here is 0.26% (x) and 0.33% ((1,1,0)) at b = 4000, 0.04% at b = 1000)."""
     sides = (10.0, 8.0, 6.0)
     mesh = structured_box(sides, (12, 10, 8))
     delta, Delta = 5000.0, 10000.0
@@ -118,7 +118,7 @@ def test_two_compartment_slab_matches_1d_reference():
     """Two boxes [0,5] and [5,10] (x) sharing a membrane κ = 1e-4 µm/µs, D = 0.002 and
     0.001 µm²/µs, gradient along x: the total and per-compartment signals agree with a fine
     1-D two-interval P1 solution (200 elements per side, exact in time) within 1% (the
-    issue's bound; measured ≤ 0.3%)."""
+    issue's bound; measured ≤ 0.15%)."""
     mesh = structured_slabs([5.0, 5.0], sides_yz=(1.0, 1.0), h=0.5)
     model = Model(mesh, diffusivity=[0.002, 0.001], permeability=1e-4)
     delta, Delta = 5000.0, 10000.0
