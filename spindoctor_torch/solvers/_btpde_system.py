@@ -160,9 +160,11 @@ class BTSystem:
     scaling : (ndof,) real tensor or None, row scaling making the COCG systems symmetric
     options : SystemOptions
 
-    With COCG the dofs are renumbered internally (:class:`Reordering`, attribute ``order``);
-    states handed to and returned by the methods are in the internal order: use
-    ``order.vec`` / ``order.vec_back`` (identity when ``order`` is None).
+    With COCG (from :data:`REORDER_MIN_DOF` dofs) the dofs are renumbered internally
+    (:class:`Reordering`, attribute ``order``): states handed to and returned by the methods
+    are in the internal order; convert with :meth:`to_internal` / :meth:`to_original` and map
+    value gradients back with :meth:`values_to_original`. M and every G_m must be symmetric
+    (they are: mass-type matrices); A0 may be non-symmetric (density-weighted coupling).
     """
 
     def __init__(
