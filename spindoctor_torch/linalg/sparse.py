@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 __all__ = ["SparsePattern", "SparseMatrix"]
@@ -212,7 +211,3 @@ class SparseMatrix:
         """Dense (n, n) tensor: for small matrices and tests only."""
         out = torch.zeros(self.shape, dtype=self.dtype, device=self.device)
         return out.index_put((self.pattern.rows, self.pattern.cols), self.values, accumulate=True)
-
-    def submatrix_scipy(self, index: np.ndarray):
-        """SciPy CSR of the detached principal submatrix ``A[index][:, index]``."""
-        return self.to_scipy()[index][:, index]
