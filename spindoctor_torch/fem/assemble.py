@@ -24,7 +24,7 @@ import torch
 
 from ..linalg.sparse import SparseMatrix
 from ..model import Model
-from .elements import tet_geometry, tet_mass, triangle_mass
+from .elements import triangle_mass
 from .pattern import FEMPattern, fem_pattern
 from .tet_assembly import assemble_volume_terms
 
@@ -84,11 +84,6 @@ class FEMatrices:
         return out.index_add(0, self.dof_compartment, wf)
 
 
-def _scatter(fp: FEMPattern, elem: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    out = torch.zeros(fp.pattern.nnz, dtype=elem.dtype, device=like.device)
-    return out.index_add(0, fp.tet_map.reshape(-1), elem.reshape(-1))
-
-
 def facet_mass_values(model: Model, fp: FEMPattern, areas: torch.Tensor) -> torch.Tensor:
     """Values of Q: κ-weighted facet mass on walls, coupled facet mass on interfaces."""
     mesh = model.mesh
@@ -136,9 +131,8 @@ def _boundary_vectors(model: Model, fp: FEMPattern, area_vectors: torch.Tensor) 
 def assemble_mass(mesh) -> SparseMatrix:
     """Mass matrix only (µm³) on the FEM pattern of ``mesh``."""
     fp = fem_pattern(mesh)
-    p = mesh.points[mesh.tets]
-    vol, _ = tet_geometry(p)
-    return SparseMatrix(fp.pattern, _scatter(fp, tet_mass(vol), mesh.points))
+    zero_d = mesh.points.new_zeros(mesh.ncompartment, 3, 3)
+    return SparseMatrix(fp.pattern, assemble_volume_terms(mesh, zero_d, fp)[0])
 
 
 def assemble(model: Model) -> FEMatrices:
@@ -155,21 +149,22 @@ def assemble(model: Model) -> FEMatrices:
 
     Notes
     -----
-    Cost: O(ntet) element arithmetic and one ``index_add`` per matrix. The pattern is built
-    once per mesh topology and cached. Gradients flow to ``model.mesh.points`` and to
+    Cost: O(ntet) element arithmetic in cache-sized tet blocks, scattered into the upper
+    triangle of the pattern (10 entries per tet, :mod:`~spindoctor_torch.fem.tet_assembly`),
+    then one gather per matrix to the full pattern. The pattern is built once per mesh
+    topology and cached. Gradients flow to ``model.mesh.points`` and to
     diffusivity, relaxation, permeability/relaxivity and density tensors of the model.
     """
     mesh = model.mesh
     fp = fem_pattern(mesh)
-    vals = assemble_volume_terms(mesh, model.diffusivity, fp)  # (nnz, 5): M, K, Jx, Jy, Jz
-    M = SparseMatrix(fp.pattern, vals[:, 0])
-    K = SparseMatrix(fp.pattern, vals[:, 1])
-    J = tuple(SparseMatrix(fp.pattern, vals[:, 2 + d]) for d in range(3))
+    m, k, jx, jy, jz, volumes = assemble_volume_terms(mesh, model.diffusivity, fp)
+    M = SparseMatrix(fp.pattern, m)
+    K = SparseMatrix(fp.pattern, k)
+    J = tuple(SparseMatrix(fp.pattern, j) for j in (jx, jy, jz))
     inv_t2 = 1.0 / model.relaxation  # 0 for T2 = inf
     R = SparseMatrix(fp.pattern, M.values * inv_t2[fp.dof_compartment[fp.pattern.rows]])
     area_vec = mesh.facet_area_vectors()
     areas = torch.linalg.vector_norm(area_vec, dim=1)
     Q = SparseMatrix(fp.pattern, facet_mass_values(model, fp, areas))
     G = _boundary_vectors(model, fp, area_vec)
-    volumes = mesh.compartment_volumes()
     return FEMatrices(M=M, K=K, R=R, Q=Q, J=J, G=G, volumes=volumes, fem=fp)

@@ -8,6 +8,9 @@ area A, exact integration ∫λ_a λ_b λ_c = V·a!b!c!·3!/(a+b+c+3)!):
 * stiffness       K_e[k,l] = V · ∇φ_kᵀ D ∇φ_l
 * first moment    J_e[k,l] = ∫ x φ_k φ_l = V/120 · (1 + δ_kl) · (Σ_m x_m + x_k + x_l)
 * facet mass      F_e[k,l] = A/12 · (1 + δ_kl)
+
+All tet matrices are symmetric: the assembly (:mod:`spindoctor_torch.fem.tet_assembly`) forms
+only their 10 upper-triangle entries, the pairs :data:`TET_PAIRS` (k ≤ l).
 """
 
 from __future__ import annotations
@@ -15,12 +18,21 @@ from __future__ import annotations
 import torch
 
 __all__ = [
+    "TET_PAIRS",
     "tet_geometry",
     "tet_mass",
     "tet_stiffness",
     "tet_first_moments",
     "triangle_mass",
 ]
+
+
+#: The 10 index pairs (k, l), k ≤ l, of a symmetric 4x4 tet matrix: diagonal first, then
+#: (0,1), (0,2), (0,3), (1,2), (1,3), (2,3). Row k of the pair p is ``TET_PAIRS[0][p]``.
+TET_PAIRS: tuple[tuple[int, ...], tuple[int, ...]] = (
+    (0, 1, 2, 3, 0, 0, 0, 1, 1, 2),
+    (0, 1, 2, 3, 1, 2, 3, 2, 3, 3),
+)
 
 
 def tet_geometry(p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,23 +1,42 @@
-"""Volume-term assembly (M, K, J_x/y/z) as one autograd Function with an analytic backward.
+"""Volume-term assembly (M, K, J_x/y/z and compartment volumes) as one autograd Function
+with an analytic backward, in cache-sized tet blocks.
 
-Plain autograd through the element formulas keeps a dozen (ntet, 4, 4) intermediates alive
-and its backward is dominated by allocation (1e6 tets: ~30 s, 6 GB). The backward below
-works on per-element (ntet, 4, 3) quantities only.
+Every tet matrix is symmetric, so values are accumulated on the *upper triangle* of the shared
+pattern (10 entries per tet, pairs p = (k, l), k ≤ l, of
+:data:`~spindoctor_torch.fem.elements.TET_PAIRS`) and expanded to the full pattern with one
+gather. Tets are processed in blocks of ``fp.tet_block`` so that the per-block temporaries
+((B,) to (3, 3, 3, B) arrays) stay in cache and the memory above the outputs is O(block).
 
-Notation (per tet): edges e_k = p_k − p_0 (k = 1..3), det = e_1·(e_2×e_3) = 6V, cofactor
-rows c_1 = e_2×e_3, c_2 = e_3×e_1, c_3 = e_1×e_2, c_0 = −Σc_k, so that ∇λ_k = c_k/det and
+Notation (per tet; coordinates first, X[d, m] = x_m^d): edges e_k = x_k − x_0 (k = 1..3),
+cofactors c_k = e_{k+1} × e_{k+2} (edge indices mod 3: c_1 = e_2×e_3, c_2 = e_3×e_1,
+c_3 = e_1×e_2), c_0 = −Σc_k, det = e_1·c_1 = 6V, ∇λ_k = c_k/det, S^d = Σ_m x_m^d.
 
-* M_e = V/20 · P,                        P = 1 + δ_kl
-* K_e = C D Cᵀ / (6 det)
-* J_e^d = V/120 · P ⊙ (Σ_m x_m^d + x_k^d + x_l^d)
+* Stiffness: with D_s = (D + Dᵀ)/2 of the tet's compartment, w = 1/(6 det) and the Gram
+  matrix G_ij = c_i·D_s c_j (i, j = 1..3), K_e[k, l] = w c_kᵀ D_s c_l gives
+  K_ij = w G_ij, K_0j = −w r_j with r_j = Σ_i G_ij, K_00 = w Σ_j r_j.
+  (K is defined through the symmetric part of D: identical for the symmetric tensors a Model
+  holds, and its gradient with respect to D is then symmetric.) Isotropic compartments
+  (D = d·I, the common case) take a fast path G_ij = d c_i·c_j; same function, fewer products.
+* Mass and first moments do not need per-entry element values: for the upper entry (i, j)
+  (mesh nodes x_i, x_j; P = 2 on the diagonal, 1 elsewhere) summing
+  M_e = V P/20 and J_e^d = V P/120 (S^d + x_k^d + x_l^d) over the tets that hold it gives
+  M = P/20 · A0,  J^d = P/120 · (A_d + (x_i^d + x_j^d) A0),
+  with A0 = Σ_t V_t and A_d = Σ_t V_t S_t^d: only these per-tet values are scattered.
 
-Given upstream element gradients g_M, g_K, g_J^d (gathered from the value gradients):
+Backward, from the upstream gradients g of the full-pattern values (folded onto the upper
+entries: an entry and its transpose summed) and g_vol of the compartment volumes:
 
-* ∂/∂V   = Σ g_M⊙P/20 + Σ_d Σ g_J^d⊙P⊙W^d/120 − 6·Σ g_K⊙K_e/det
-* ∂/∂C   = (g_K + g_Kᵀ) C D / (6 det);  reduced to k = 1..3 as A_k = ∂C_k − ∂C_0
-* ∂/∂D_c = Σ_{tets of c} Cᵀ g_K C / (6 det)
-* ∂/∂x_m^d (J) = V/120 · (Σ_kl H + Σ_l H_ml + Σ_k H_km),  H = g_J^d ⊙ P
-* cross products a×b with gradient A: ∂a = b×A, ∂b = A×a; ∂det/∂e_k = c_k.
+* ∂A0 = P/20 g_M + Σ_d P/120 (x_i^d + x_j^d) g_J^d,  ∂A_d = P/120 g_J^d,
+  ∂x_i^d = ∂x_j^d += P/120 A0 g_J^d (per upper entry);
+  per tet, with a0 = Σ_p ∂A0[p], a_d = Σ_p ∂A_d[p] over its 10 entries:
+  ∂V = a0 + Σ_d a_d S^d + g_vol[compartment],  ∂x_m^d += V a_d.
+* Stiffness: g_K of the 10 entries reduced to the 3×3 symmetric H (c_0 = −Σc_k eliminated):
+  t_i = g_00 − g_0i, H_ii = 2(g_ii + t_i), H_ij = g_ij + t_i + t_j; then
+  ∂c_i = w (D_s H C)_i,  ∂w = ½ Σ_i c_i·(D_s H C)_i,  ∂D_s = (w/2) Σ_i c_i (H C)_iᵀ,
+  with (H C)_i = Σ_j H_ij c_j.
+* ∂det = ∂V/6 − ∂w·w/det; through the cross products (a × b with gradient A: ∂a = b × A,
+  ∂b = A × a): ∂e_k = ∂c_{k+1} × e_{k+2} + e_{k+1} × ∂c_{k+2} + ∂det·c_k;
+  ∂x_0 = −Σ_k ∂e_k, ∂x_k += ∂e_k.
 """
 
 from __future__ import annotations
@@ -25,90 +44,225 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from .elements import tet_first_moments, tet_geometry, tet_mass, tet_stiffness
-
 __all__ = ["assemble_volume_terms"]
 
-_CHANNELS = 5  # M, K, Jx, Jy, Jz
+_A0, _K, _AX = 0, 1, 2  # rows of the upper-entry buffer: A0, K, A_x, A_y, A_z
 
 
-def _scatter_channels(elem: torch.Tensor, tet_map: torch.Tensor, nnz: int) -> torch.Tensor:
-    """(ntet, 4, 4, C) element values → (nnz, C) pattern values, one index_add."""
-    out = torch.zeros(nnz, elem.shape[-1], dtype=elem.dtype, device=elem.device)
-    return out.index_add_(0, tet_map.reshape(-1), elem.reshape(-1, elem.shape[-1]))
+def _cross(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a × b over dim 0 of (3, ...) tensors (cheaper than ``linalg.cross`` on a leading dim)."""
+    return torch.stack(
+        (a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0])
+    )
+
+
+def _isotropic(d: torch.Tensor) -> torch.Tensor | None:
+    """(ncompartment,) scalars d_c if every D_c equals d_c·I exactly, else None."""
+    scal = d[:, 0, 0]
+    iso = scal[:, None, None] * torch.eye(3, dtype=d.dtype, device=d.device)
+    return scal if bool(torch.equal(d, iso)) else None
+
+
+class _Block:
+    """Geometry of the tets [s, e): coordinates x (3, 4, B), edges e (3, 3, B) with their
+    cyclic shifts e1 = e_{k+1}, e2 = e_{k+2}, cofactors c (3, 3, B) of c_1..c_3, det (B,)."""
+
+    def __init__(self, points_t: torch.Tensor, fp, s: int, e: int):
+        b = e - s
+        self.nodes = fp.tet_nodes[4 * s : 4 * e]
+        self.x = points_t.new_empty(3, 4, b)
+        for d in range(3):  # three 1-D gathers: much faster than one along dim 1
+            torch.index_select(points_t[d], 0, self.nodes, out=self.x[d].view(-1))
+        self.e = self.x[:, 1:] - self.x[:, :1]
+        self.e1 = self.e.roll(-1, 1)
+        self.e2 = self.e.roll(-2, 1)
+        self.c = _cross(self.e1, self.e2)
+        self.det = (self.e[:, 0] * self.c[:, 0]).sum(0)
+        self.vol = self.det / 6.0
+        self.idx = fp.upper_map[10 * s : 10 * e]
+
+
+def _apply_d(v: torch.Tensor, d_tet: torch.Tensor) -> torch.Tensor:
+    """D v for per-tet tensors d_tet (B, 3, 3) and vectors v (3, n, B) → (3, n, B)."""
+    dt = d_tet.permute(1, 2, 0)[:, :, None]  # (3, 3, 1, B)
+    out = dt[:, 0] * v[0]
+    out.addcmul_(dt[:, 1], v[1])
+    return out.addcmul_(dt[:, 2], v[2])
+
+
+def _d_times(v: torch.Tensor, d_iso, dsym, comp) -> torch.Tensor:
+    """D_s v for the compartments ``comp`` of the block's tets."""
+    if d_iso is None:
+        return _apply_d(v, dsym[comp])
+    return v * d_iso[comp]
 
 
 class _VolumeTerms(torch.autograd.Function):
+    """Inputs: points (N, 3), diffusivity (ncompartment, 3, 3), tet_compartment (M,), the
+    :class:`~spindoctor_torch.fem.pattern.FEMPattern` ``fp``. Outputs: full-pattern values
+    (nnz,) of M, K, J_x, J_y, J_z and the compartment volumes (ncompartment,)."""
+
     @staticmethod
-    def forward(ctx, points, diffusivity, tets, tet_compartment, tet_map, nnz):
-        p = points[tets]
-        vol, grads = tet_geometry(p)
-        elem = torch.stack(
-            [
-                tet_mass(vol),
-                tet_stiffness(vol, grads, diffusivity[tet_compartment]),
-                *tet_first_moments(vol, p),
-            ],
-            dim=-1,
-        )
-        ctx.save_for_backward(points, diffusivity, tets, tet_compartment, tet_map)
-        return _scatter_channels(elem, tet_map, nnz)
+    def forward(ctx, points, diffusivity, tet_compartment, fp):
+        dtype, dev = points.dtype, points.device
+        ntet, blk = tet_compartment.shape[0], fp.tet_block
+        dsym = 0.5 * (diffusivity + diffusivity.transpose(1, 2))
+        d_iso = _isotropic(dsym)
+        points_t = points.T.contiguous()
+        upper = torch.zeros(5, fp.nupper, dtype=dtype, device=dev)
+        vol = torch.zeros(diffusivity.shape[0], dtype=dtype, device=dev)
+        for s in range(0, ntet, blk):
+            e = min(s + blk, ntet)
+            b = e - s
+            comp = tet_compartment[s:e]
+            g = _Block(points_t, fp, s, e)
+            # Per-tet V and V·S^d, one value for all 10 entries of the tet.
+            tab = torch.empty(4, b, dtype=dtype, device=dev)
+            tab[0] = g.vol
+            torch.mul(g.x.sum(1), g.vol, out=tab[1:])
+            idx = g.idx.view(10, b)
+            for row, ch in zip((_A0, _AX, _AX + 1, _AX + 2), tab):
+                for p in range(10):  # (cheaper than expanding the source to 10 copies)
+                    upper[row].index_add_(0, idx[p], ch)
+            # Stiffness from the Gram matrix of the cofactors.
+            dc = _d_times(g.c, d_iso, dsym, comp)
+            gd = (g.c * dc).sum(0)  # G_11, G_22, G_33
+            go = (g.c * dc.roll(-1, 1)).sum(0)  # G_12, G_23, G_31
+            r = gd + go + go.roll(1, 0)  # row sums r_j
+            k = torch.empty(10, b, dtype=dtype, device=dev)
+            torch.sum(r, 0, out=k[0])
+            k[1:4] = gd
+            torch.neg(r, out=k[4:7])
+            k[7], k[8], k[9] = go[0], go[2], go[1]
+            k /= 6.0 * g.det
+            upper[_K].index_add_(0, g.idx, k.view(-1))
+            vol.index_add_(0, comp, g.vol)
+        a0 = upper[_A0].clone()
+        weight = fp.upper_diag.to(dtype) + 1.0  # P
+        pn = points.index_select(0, fp.upper_nodes[0]) + points.index_select(0, fp.upper_nodes[1])
+        upper[_AX:] += pn.T * a0
+        upper[_AX:] *= weight / 120.0
+        upper[_A0] *= weight / 20.0
+        ctx.fp, ctx.d_iso, ctx.a0 = fp, d_iso, a0
+        ctx.save_for_backward(points, dsym, tet_compartment)
+        ctx.set_materialize_grads(False)
+        full = [upper[ch].index_select(0, fp.upper_to_full) for ch in range(5)]
+        return (*full, vol)
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_values):
-        points, diffusivity, tets, tet_compartment, tet_map = ctx.saved_tensors
-        dtype = points.dtype
-        g = grad_values[tet_map.reshape(-1)].reshape(tet_map.shape + (_CHANNELS,))
-        g_m, g_k, g_j = g[..., 0], g[..., 1], g[..., 2:].permute(3, 0, 1, 2)  # g_j (3,M,4,4)
-        p = points[tets]  # (M, 4, 3)
-        e1, e2, e3 = (p[:, k] - p[:, 0] for k in (1, 2, 3))
-        c1 = torch.linalg.cross(e2, e3)
-        c2 = torch.linalg.cross(e3, e1)
-        c3 = torch.linalg.cross(e1, e2)
-        det = (e1 * c1).sum(-1)
-        vol = det / 6.0
-        cmat = torch.stack([-(c1 + c2 + c3), c1, c2, c3], dim=1)  # (M, 4, 3)
-        d = diffusivity[tet_compartment]  # (M, 3, 3)
-        pmat = torch.ones(4, 4, dtype=dtype, device=points.device) + torch.eye(
-            4, dtype=dtype, device=points.device
-        )
-        cd = cmat @ d  # (M, 4, 3)
-        k_e = cd @ cmat.transpose(1, 2) / (6.0 * det)[:, None, None]
-        x = p.permute(2, 0, 1)  # (3, M, 4)
-        h = g_j * pmat  # (3, M, 4, 4)
-        w = x.sum(-1)[..., None, None] + x[..., :, None] + x[..., None, :]
-        grad_vol = (
-            (g_m * pmat).sum((1, 2)) / 20.0
-            + (h * w).sum((0, 2, 3)) / 120.0
-            - (g_k * k_e).sum((1, 2)) / det * 6.0
-        )
-        sym = g_k + g_k.transpose(1, 2)
-        grad_c = sym @ cd / (6.0 * det)[:, None, None]  # (M, 4, 3)
-        a1, a2, a3 = (grad_c[:, k] - grad_c[:, 0] for k in (1, 2, 3))
-        gdet = grad_vol / 6.0
-        ge1 = torch.linalg.cross(a2, e3) + torch.linalg.cross(e2, a3) + gdet[:, None] * c1
-        ge2 = torch.linalg.cross(e3, a1) + torch.linalg.cross(a3, e1) + gdet[:, None] * c2
-        ge3 = torch.linalg.cross(a1, e2) + torch.linalg.cross(e1, a2) + gdet[:, None] * c3
-        grad_p = torch.stack([-(ge1 + ge2 + ge3), ge1, ge2, ge3], dim=1)  # (M, 4, 3)
-        # Direct dependence of J on the nodal coordinates.
-        direct = (
-            vol[None, :, None] / 120.0 * (h.sum((2, 3))[..., None] + h.sum(3) + h.sum(2))
-        )  # (3, M, 4)
-        grad_p = grad_p + direct.permute(1, 2, 0)
-        grad_points = torch.zeros_like(points).index_add_(
-            0, tets.reshape(-1), grad_p.reshape(-1, 3)
-        )
+    def backward(ctx, g_m, g_k, g_jx, g_jy, g_jz, g_vol):
+        points, dsym, tet_compartment = ctx.saved_tensors
+        fp, d_iso, a0 = ctx.fp, ctx.d_iso, ctx.a0
+        need_p, need_d = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        dtype, dev = points.dtype, points.device
+        ntet, blk = tet_compartment.shape[0], fp.tet_block
+
+        def fold(g):  # full-pattern gradient → upper entries (an entry and its transpose)
+            if g is None:
+                return None
+            return torch.zeros(fp.nupper, dtype=dtype, device=dev).index_add_(
+                0, fp.upper_to_full, g
+            )
+
+        points_t = points.T.contiguous()
+        grad_pt = torch.zeros_like(points_t) if need_p else None
+        gu_k = fold(g_k) if (need_p or need_d) else None
+        # Gradients of A0 and A_d (upper entries) and the direct dependence of J on x_i, x_j.
+        g_a = [None] * 4
+        if need_p and not all(g is None for g in (g_m, g_jx, g_jy, g_jz)):
+            weight = fp.upper_diag.to(dtype) + 1.0
+            g_a0 = fold(g_m) * (weight / 20.0) if g_m is not None else None
+            pn = points.index_select(0, fp.upper_nodes[0]) + points.index_select(
+                0, fp.upper_nodes[1]
+            )
+            for d, g in enumerate((g_jx, g_jy, g_jz)):
+                if g is None:
+                    continue
+                gj = fold(g) * (weight / 120.0)
+                g_a[1 + d] = gj
+                g_a0 = gj * pn[:, d] if g_a0 is None else g_a0.addcmul_(gj, pn[:, d])
+                direct = gj * a0
+                grad_pt[d].index_add_(0, fp.upper_nodes[0], direct)
+                grad_pt[d].index_add_(0, fp.upper_nodes[1], direct)
+            g_a[0] = g_a0
+        has_a = any(g is not None for g in g_a)
+        has_k = gu_k is not None
+        has_vol = need_p and g_vol is not None
         grad_d = None
-        if ctx.needs_input_grad[1]:
-            per_tet = cmat.transpose(1, 2) @ g_k @ cmat / (6.0 * det)[:, None, None]
-            grad_d = torch.zeros_like(diffusivity).index_add_(0, tet_compartment, per_tet)
-        return grad_points, grad_d, None, None, None, None
+        if need_d and has_k:
+            grad_d = torch.zeros(dsym.numel(), dtype=dtype, device=dev)
+            nine = torch.arange(9, device=dev)[:, None]
+        if not (has_a or has_k or has_vol):
+            return None, None, None, None
+        for s in range(0, ntet, blk):
+            e = min(s + blk, ntet)
+            b = e - s
+            comp = tet_compartment[s:e]
+            g = _Block(points_t, fp, s, e)
+            g_v = torch.zeros(b, dtype=dtype, device=dev)
+            g_x_direct = None  # (3, B), the same for the 4 vertices
+            if has_a:
+                sums = [
+                    None if ga is None else ga.index_select(0, g.idx).view(10, b).sum(0)
+                    for ga in g_a
+                ]
+                if sums[0] is not None:
+                    g_v += sums[0]
+                svec = g.x.sum(1)
+                g_x_direct = torch.zeros(3, b, dtype=dtype, device=dev)
+                for d in range(3):
+                    if sums[1 + d] is not None:
+                        g_v.addcmul_(sums[1 + d], svec[d])
+                        g_x_direct[d] = sums[1 + d] * g.vol
+            if has_vol:
+                g_v += g_vol[comp]
+            g_det = g_v / 6.0
+            g_c = None
+            if has_k:
+                # Everything below carries the factor w = 1/(6 det) of K through g_K.
+                gk = gu_k.index_select(0, g.idx).view(10, b) / (6.0 * g.det)
+                t = gk[0] - gk[4:7]  # t_i = g_00 − g_0i
+                hd = 2.0 * (gk[1:4] + t)  # H_ii
+                ho = torch.stack((gk[7], gk[9], gk[8])) + t + t.roll(-1, 0)  # H_12, H_23, H_31
+                hc = hd * g.c + ho * g.c.roll(-1, 1) + ho.roll(1, 0) * g.c.roll(1, 1)  # w H C
+                if need_d:  # (w/2) Σ_i c_i (H C)_iᵀ, (3, 3, B)
+                    ctc = g.c[:, None, 0] * hc[None, :, 0]
+                    for i in (1, 2):
+                        ctc.addcmul_(g.c[:, None, i], hc[None, :, i])
+                    ctc *= 0.5
+                    grad_d.index_add_(0, (comp * 9 + nine).view(-1), ctc.view(-1))
+                if need_p:
+                    g_c = _d_times(hc, d_iso, dsym, comp)  # ∂c = w D H C
+                    g_det -= 0.5 * (g.c * g_c).sum((0, 1)) / g.det  # ∂w·w/det
+            if not need_p:
+                continue
+            g_x = torch.empty(3, 4, b, dtype=dtype, device=dev)
+            g_e = g_x[:, 1:]
+            torch.mul(g_det, g.c, out=g_e)
+            if g_c is not None:
+                g_e += _cross(g_c.roll(-1, 1), g.e2)
+                g_e += _cross(g.e1, g_c.roll(-2, 1))
+            torch.sum(g_e, 1, out=g_x[:, 0])
+            g_x[:, 0].neg_()
+            if g_x_direct is not None:
+                g_x += g_x_direct[:, None]
+            for d in range(3):
+                grad_pt[d].index_add_(0, g.nodes, g_x[d].view(-1))
+        grad_points = grad_pt.T if need_p else None
+        if grad_d is not None:
+            grad_d = grad_d.view_as(dsym)
+            grad_d = 0.5 * (grad_d + grad_d.transpose(1, 2))
+        return grad_points, grad_d, None, None
 
 
-def assemble_volume_terms(mesh, diffusivity: torch.Tensor, fp) -> torch.Tensor:
-    """(nnz, 5) pattern values of M, K, J_x, J_y, J_z for ``mesh`` with per-compartment
-    diffusion tensors ``diffusivity`` (ncompartment, 3, 3); differentiable in both."""
-    return _VolumeTerms.apply(
-        mesh.points, diffusivity, mesh.tets, mesh.tet_compartment, fp.tet_map, fp.pattern.nnz
-    )
+def assemble_volume_terms(mesh, diffusivity: torch.Tensor, fp):
+    """Full-pattern values of M (µm³), K (µm³/µs), J_x, J_y, J_z (µm⁴), each (nnz,), and the
+    compartment volumes (ncompartment,) µm³, for ``mesh`` with per-compartment diffusion
+    tensors ``diffusivity`` (ncompartment, 3, 3) µm²/µs; differentiable in ``mesh.points``
+    and ``diffusivity``."""
+    if diffusivity.ndim != 3 or diffusivity.shape[1:] != (3, 3):
+        raise ValueError(
+            f"diffusivity must have shape (ncompartment, 3, 3), got {tuple(diffusivity.shape)}"
+        )
+    return _VolumeTerms.apply(mesh.points, diffusivity, mesh.tet_compartment, fp)
