@@ -2,10 +2,17 @@
 
 Catalogue
 ---------
+ColumnOperator      a batch of complex symmetric matrices, one per column,
+                    ``K_n = diag(d) + Σ_j c_jn M_j`` with shared real ``M_j``: all products of
+                    a step are one real matrix-matrix product over all columns
+GroupedOperator     the same with one real matrix per group of columns,
+                    ``K_gj = diag(d) + F + i s_gj M_g``: one batched product per step, a third
+                    of the arithmetic (derivative-free)
 expmv_chebyshev     ``exp(−τ K) v`` for a whole batch of small complex matrices K given only
                     through a batched product, by a Chebyshev series of fixed degree on an
                     ellipse enclosing the field of values; differentiable by autograd, with
-                    derivatives as accurate as the values
+                    derivatives as accurate as the values; allocation-free in-place recurrence
+                    for a :class:`ColumnOperator` when no derivative is needed
 chebyshev_coefficients  the series coefficients and its degree
 diag_matrix_function ``f(S)`` for a symmetric S that is diagonal up to round-off, with the exact
                     first-order (Daleckii-Krein) backward, divided differences included
@@ -36,7 +43,13 @@ import torch
 
 from ..errors import SolverError
 
-__all__ = ["expmv_chebyshev", "chebyshev_coefficients", "diag_matrix_function"]
+__all__ = [
+    "ColumnOperator",
+    "GroupedOperator",
+    "expmv_chebyshev",
+    "chebyshev_coefficients",
+    "diag_matrix_function",
+]
 
 
 def _ellipse_rho(d: float, h: float) -> float:
@@ -94,8 +107,255 @@ def chebyshev_coefficients(
     return a, c, d
 
 
+class ColumnOperator:
+    r"""A batch of complex symmetric matrices, one per column of the vectors it acts on.
+
+    .. math::  K_n = \operatorname{diag}(d) + \sum_j c_{jn} M_j \;(+\, \text{extra}),
+        \qquad n = 0, \dots, N-1,
+
+    with real (k,) ``d``, real symmetric (k, k) ``M_j`` shared by all columns and complex
+    (N,) coefficient rows ``c_j``. ``K x`` for x (k, N) is one real matrix-matrix product
+    ``[M_1 … M_p] @ [c_1⊙x; …; c_p⊙x]`` of size (k × p·k)·(p·k × 2N) (real and imaginary parts
+    as adjacent columns) plus the diagonal: no complex temporaries besides the (p·k, N) buffer.
+
+    Parameters
+    ----------
+    diag : (k,) real tensor
+    blocks : (p, k, k) real tensor (p ≥ 0)
+    coefs : (p, N) complex tensor
+    extra : callable, optional
+        A column-wise linear map x (k, N) → (k, N) added to the product (e.g. a term whose
+        value is zero but whose derivative is not). Only used by :meth:`matvec`.
+
+    Notes
+    -----
+    In the matrix formalism ``d`` = diag(L + T), ``M`` = (Φᵀ J_x Φ, Φᵀ J_y Φ, Φᵀ J_z Φ) and
+    ``c_dn = i q_n u_nd``; the off-diagonal part of L + T, when not negligible, is one more
+    block with coefficient 1.
+    """
+
+    def __init__(
+        self,
+        diag: torch.Tensor,
+        blocks: torch.Tensor,
+        coefs: torch.Tensor,
+        extra: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        *,
+        _stack: torch.Tensor | None = None,
+    ):
+        if diag.ndim != 1 or diag.is_complex():
+            raise ValueError(
+                f"diag must be a real (k,) tensor, got {diag.dtype} {tuple(diag.shape)}"
+            )
+        k = diag.shape[0]
+        if blocks.ndim != 3 or blocks.shape[1:] != (k, k) or blocks.is_complex():
+            raise ValueError(
+                f"blocks must be a real (p, {k}, {k}) tensor, got {blocks.dtype} "
+                f"{tuple(blocks.shape)}"
+            )
+        if coefs.ndim != 2 or coefs.shape[0] != blocks.shape[0] or not coefs.is_complex():
+            raise ValueError(
+                f"coefs must be a complex ({blocks.shape[0]}, N) tensor, got {coefs.dtype} "
+                f"{tuple(coefs.shape)}"
+            )
+        self.diag = diag
+        self.blocks = blocks
+        self.coefs = coefs
+        self.extra = extra
+        p = blocks.shape[0]
+        # [M_1 … M_p], (k, p·k): built once and shared by select/shifted
+        self.stack = blocks.permute(1, 0, 2).reshape(k, p * k) if _stack is None else _stack
+        self._buf: torch.Tensor | None = None
+
+    @property
+    def size(self) -> int:
+        return int(self.diag.shape[0])
+
+    @property
+    def ncol(self) -> int:
+        return int(self.coefs.shape[1])
+
+    @property
+    def requires_grad(self) -> bool:
+        return self.extra is not None or any(
+            t.requires_grad for t in (self.diag, self.stack, self.coefs)
+        )
+
+    def shifted(self, shift: float, scale: float) -> ColumnOperator:
+        """``scale·(K − shift·I)``, sharing the blocks (the coefficients are scaled)."""
+        extra = self.extra
+        if extra is not None:
+            inner = extra
+
+            def extra(x):
+                return scale * inner(x)
+
+        return ColumnOperator(
+            scale * (self.diag - shift), self.blocks, scale * self.coefs, extra, _stack=self.stack
+        )
+
+    def to_internal(self, v: torch.Tensor) -> torch.Tensor:
+        """The layout of :meth:`matvec_`: (k, N) complex, contiguous (a new tensor)."""
+        return v.resolve_conj().clone(memory_format=torch.contiguous_format)
+
+    def from_internal(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def _check(self, x: torch.Tensor) -> None:
+        if x.ndim != 2 or x.shape != (self.size, self.ncol) or not x.is_complex():
+            raise ValueError(
+                f"x must be a complex ({self.size}, {self.ncol}) tensor, got {x.dtype} "
+                f"{tuple(x.shape)}"
+            )
+
+    def matvec(self, x: torch.Tensor) -> torch.Tensor:
+        """``K x`` for x (k, N) complex; differentiable in every tensor involved."""
+        self._check(x)
+        k, n = x.shape
+        p = self.coefs.shape[0]
+        y = self.diag.to(x.dtype)[:, None] * x
+        if p:
+            buf = (self.coefs[:, None, :] * x[None]).reshape(p * k, n)
+            prod = self.stack @ torch.view_as_real(buf).reshape(p * k, 2 * n)
+            y = y + torch.view_as_complex(prod.reshape(k, n, 2))
+        if self.extra is not None:
+            y = y + self.extra(x)
+        return y
+
+    def matvec_(self, x: torch.Tensor, out: torch.Tensor, beta: float = 0.0) -> torch.Tensor:
+        """``out ← K x + beta·out`` in place, without autograd (``extra`` is ignored: it is
+        zero in value). ``out`` must be a contiguous (k, N) complex tensor distinct from x."""
+        k, n = x.shape
+        p = self.coefs.shape[0]
+        with torch.no_grad():
+            out_r = torch.view_as_real(out).view(k, 2 * n)
+            if p:
+                buf = self._buf
+                if buf is None or buf.shape != (p, k, n) or buf.dtype != x.dtype:
+                    buf = self._buf = torch.empty((p, k, n), dtype=x.dtype, device=x.device)
+                torch.mul(x[None], self.coefs[:, None, :], out=buf)
+                buf_r = torch.view_as_real(buf).view(p * k, 2 * n)
+                if beta == 0.0:
+                    torch.mm(self.stack, buf_r, out=out_r)
+                else:
+                    out_r.addmm_(self.stack, buf_r, beta=beta)
+            elif beta == 0.0:
+                out_r.zero_()
+            else:
+                out_r.mul_(beta)
+            torch.view_as_real(out).addcmul_(self.diag[:, None, None], torch.view_as_real(x))
+        return out
+
+
+class GroupedOperator:
+    r"""A batch of complex symmetric matrices whose columns come in groups sharing a matrix.
+
+    .. math::  K_{gj} = \operatorname{diag}(d) + F + i\, s_{gj} M_g,
+        \qquad g = 0, \dots, G-1,\; j = 0, \dots, m-1,
+
+    with real (k,) ``d``, an optional real symmetric (k, k) ``F`` shared by all columns, real
+    symmetric (k, k) ``M_g`` per group and real scales ``s`` (G, m); column ``n = g·m + j`` of
+    a (k, G·m) vector. In the matrix formalism a group is a direction u_g (``M_g = A(u_g)``)
+    and its columns are the amplitudes (and compartments): ``s = q f``.
+
+    Only the in-place, derivative-free product :meth:`matvec_` is provided; it works on an
+    internal real layout (G, 2, m, k) (real and imaginary parts as separate rows), where the
+    products with the M_g are one batched ``(2m × k)·(k × k)`` product per group: a third of
+    the arithmetic of the three stacked products of :class:`ColumnOperator`, and the fastest
+    layout measured here for m ≳ 4 columns per group (k = 300, 100 groups of 20 real rows).
+    Use :class:`ColumnOperator` when a derivative is needed or when groups have few columns.
+
+    Parameters
+    ----------
+    diag : (k,) real tensor
+    mats : (G, k, k) real tensor
+    scales : (G, m) real tensor
+    shared : (k, k) real tensor, optional
+    """
+
+    def __init__(
+        self,
+        diag: torch.Tensor,
+        mats: torch.Tensor,
+        scales: torch.Tensor,
+        shared: torch.Tensor | None = None,
+    ):
+        if diag.ndim != 1 or diag.is_complex():
+            raise ValueError(
+                f"diag must be a real (k,) tensor, got {diag.dtype} {tuple(diag.shape)}"
+            )
+        k = diag.shape[0]
+        if mats.ndim != 3 or mats.shape[1:] != (k, k) or mats.is_complex():
+            raise ValueError(
+                f"mats must be a real (G, {k}, {k}) tensor, got {mats.dtype} {tuple(mats.shape)}"
+            )
+        if scales.ndim != 2 or scales.shape[0] != mats.shape[0] or scales.is_complex():
+            raise ValueError(
+                f"scales must be a real ({mats.shape[0]}, m) tensor, got {scales.dtype} "
+                f"{tuple(scales.shape)}"
+            )
+        if shared is not None and (shared.shape != (k, k) or shared.is_complex()):
+            raise ValueError(f"shared must be a real ({k}, {k}) tensor, got {tuple(shared.shape)}")
+        self.diag = diag.detach()
+        self.mats = mats.detach()
+        self.scales = scales.detach()
+        self.shared = None if shared is None else shared.detach()
+        self._buf: torch.Tensor | None = None
+
+    @property
+    def size(self) -> int:
+        return int(self.diag.shape[0])
+
+    @property
+    def ncol(self) -> int:
+        return int(self.scales.numel())
+
+    requires_grad = False
+
+    def shifted(self, shift: float, scale: float) -> GroupedOperator:
+        """``scale·(K − shift·I)``, sharing the group matrices (the scales are scaled)."""
+        return GroupedOperator(
+            scale * (self.diag - shift),
+            self.mats,
+            scale * self.scales,
+            None if self.shared is None else scale * self.shared,
+        )
+
+    def to_internal(self, v: torch.Tensor) -> torch.Tensor:
+        """(k, G·m) complex → (G, 2, m, k) real (a new tensor)."""
+        G, m = self.scales.shape
+        vr = torch.view_as_real(v.resolve_conj()).reshape(self.size, G, m, 2)
+        return vr.permute(1, 3, 2, 0).contiguous()
+
+    def from_internal(self, x: torch.Tensor) -> torch.Tensor:
+        """(G, 2, m, k) real → (k, G·m) complex (a new tensor)."""
+        G, m = self.scales.shape
+        return torch.view_as_complex(x.permute(3, 0, 2, 1).contiguous()).reshape(self.size, G * m)
+
+    def matvec_(self, x: torch.Tensor, out: torch.Tensor, beta: float = 0.0) -> torch.Tensor:
+        """``out ← K x + beta·out`` in place, both in the internal layout (G, 2, m, k)."""
+        G, m = self.scales.shape
+        k = self.size
+        with torch.no_grad():
+            buf = self._buf
+            if buf is None or buf.shape != x.shape or buf.dtype != x.dtype:
+                buf = self._buf = torch.empty_like(x)
+            s = self.scales[:, :, None]
+            torch.mul(x[:, 1], s, out=buf[:, 0]).neg_()  # i s x = −s x_im + i s x_re
+            torch.mul(x[:, 0], s, out=buf[:, 1])
+            rows, brows = out.view(G, 2 * m, k), buf.view(G, 2 * m, k)
+            if beta == 0.0:
+                torch.bmm(brows, self.mats, out=rows)  # rows·M_g = (M_g x)ᵀ, M_g symmetric
+            else:
+                rows.baddbmm_(brows, self.mats, beta=beta)
+            if self.shared is not None:
+                out.view(-1, k).addmm_(x.view(-1, k), self.shared)
+            out.addcmul_(self.diag, x)
+        return out
+
+
 def expmv_chebyshev(
-    matvec: Callable[[torch.Tensor], torch.Tensor],
+    matvec: Callable[[torch.Tensor], torch.Tensor] | ColumnOperator,
     v: torch.Tensor,
     tau: float,
     lo: float,
@@ -109,9 +369,10 @@ def expmv_chebyshev(
 
     Parameters
     ----------
-    matvec : callable, ``matvec(x) = K x`` for x of shape (G, k, C) (every column may have its
-        own K)
-    v : (G, k, C) complex tensor
+    matvec : callable, ColumnOperator or GroupedOperator
+        ``matvec(x) = K x`` for x of the shape of v (every column may have its own K); an
+        operator with v of shape (k, N). A :class:`GroupedOperator` only without derivatives.
+    v : complex tensor, (G, k, C) for a callable, (k, N) for an operator
     tau : float ≥ 0
     lo, hi : float, bounds of the spectrum of every H (the stiff, real part)
     imag : float ≥ 0, bound on ‖N‖₂ (the imaginary part)
@@ -119,7 +380,7 @@ def expmv_chebyshev(
 
     Returns
     -------
-    (G, k, C) complex tensor.
+    complex tensor of the shape of v.
 
     Notes
     -----
@@ -129,28 +390,64 @@ def expmv_chebyshev(
     approximation adapts its polynomial to v and stops as soon as the value has converged; its
     autograd derivative misses directions that leave the Krylov space - e.g. exactly the
     coupling between impermeable compartments - and is not used here.) Cost: ~sqrt(τ(hi−lo)·
-    ln(1/tol)) products; about 75 for τ(hi−lo) = 200 and tol = 1e-10.
+    ln(1/tol)) products; about 75 for τ(hi−lo) = 200 and tol = 1e-10. With an operator and
+    no derivative needed (grad mode off, or no input requiring one) the three-term recurrence
+    runs in place on two buffers.
     """
-    if v.ndim != 3 or not v.is_complex():
+    op = matvec if isinstance(matvec, ColumnOperator | GroupedOperator) else None
+    if op is not None:
+        if v.ndim != 2 or v.shape != (op.size, op.ncol) or not v.is_complex():
+            raise ValueError(
+                f"v must be a complex ({op.size}, {op.ncol}) tensor, got {v.dtype} {tuple(v.shape)}"
+            )
+    elif v.ndim != 3 or not v.is_complex():
         raise ValueError(f"v must be a complex (G, k, C) tensor, got {v.dtype} {tuple(v.shape)}")
     if tau < 0:
         raise ValueError(f"tau must be non-negative, got {tau}")
     if tau == 0:
         return v
     a, c, d = chebyshev_coefficients(float(tau), float(lo), float(hi), float(imag), tol)
+    if op is not None:
+        op2 = op.shifted(c, 2.0 / d)  # 2B = 2(K − c)/d
+        if not (torch.is_grad_enabled() and (v.requires_grad or op2.requires_grad)):
+            return _chebyshev_inplace(op2, v, a)
+        if isinstance(op2, GroupedOperator):
+            raise ValueError("GroupedOperator has no derivative: use a ColumnOperator")
 
-    def b(x):
-        return (matvec(x) - c * x) / d
+        def b2(x):
+            return op2.matvec(x)
+
+    else:
+
+        def b2(x):
+            return 2.0 * (matvec(x) - c * x) / d
 
     t_prev = v
     y = float(a[0]) * v
-    t_cur = b(v)
+    t_cur = 0.5 * b2(v)
     y = y + float(a[1]) * t_cur
     for j in range(2, a.size):
-        t_next = 2.0 * b(t_cur) - t_prev
+        t_next = b2(t_cur) - t_prev
         y = y + float(a[j]) * t_next
         t_prev, t_cur = t_cur, t_next
     return y
+
+
+def _chebyshev_inplace(
+    op2: ColumnOperator | GroupedOperator, v: torch.Tensor, a: np.ndarray
+) -> torch.Tensor:
+    """Σ a_j T_j(B) v with ``op2`` = 2B, on two rotating buffers (no autograd), in the
+    operator's internal layout."""
+    with torch.no_grad():
+        t_prev = op2.to_internal(v)
+        y = t_prev * float(a[0])
+        t_cur = op2.matvec_(t_prev, torch.empty_like(t_prev)).mul_(0.5)
+        y.add_(t_cur, alpha=float(a[1]))
+        for j in range(2, a.size):
+            op2.matvec_(t_cur, t_prev, beta=-1.0)  # t_prev ← 2B t_cur − t_prev
+            t_prev, t_cur = t_cur, t_prev
+            y.add_(t_cur, alpha=float(a[j]))
+    return op2.from_internal(y)
 
 
 class _DiagMatrixFunction(torch.autograd.Function):

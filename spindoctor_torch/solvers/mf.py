@@ -29,10 +29,14 @@ so ``w_cᵀ conj(E) D E ν0 = conj(E w_c)ᵀ D (E ν0)`` (E = exp(−δK)): one 
 compartment and pair instead of two. Other profiles (OGSE, custom, Waveform3D) use ``ninterval``
 pieces over [0, TE] (distributed over the sequence's characteristic intervals) with the value
 averaged over each piece's end points, as SpinDoctor. Every exponential acts on all
-(amplitude, direction) pairs of a sequence in one batched Chebyshev series
-(:func:`~spindoctor_torch.linalg.expm.expmv_chebyshev`, a fixed polynomial, so autograd
-derivatives are as accurate as values): the products with A(u) run as real matrix-matrix
-products, grouped by direction.
+(amplitude, direction) pairs of a sequence at once, as the columns of (k, npair) vectors, by a
+Chebyshev series (:func:`~spindoctor_torch.linalg.expm.expmv_chebyshev`, a fixed polynomial,
+so autograd derivatives are as accurate as values). With derivatives the products with A(u)
+are one real GEMM ``[A_x A_y A_z]·[q u_x ⊙ x; …]`` over all columns; without (``torch.no_grad``
+or nothing requiring grad) the series runs in place and, from 4 columns per direction on, with
+one batched product ``A(u_g)`` per direction (a third of the arithmetic). The position
+operators are taken about the centroid of the domain (a phase per pair, which cancels at the
+echo), so the series degree does not grow with the distance of the mesh from the origin.
 
 Gradients
 ---------
@@ -69,7 +73,12 @@ from ..errors import SetupError, SpinDoctorWarning
 from ..experiment import Experiment
 from ..fem.assemble import FEMatrices, assemble
 from ..linalg.eig import EigInfo, project, sparse_eigsh
-from ..linalg.expm import diag_matrix_function, expmv_chebyshev
+from ..linalg.expm import (
+    ColumnOperator,
+    GroupedOperator,
+    diag_matrix_function,
+    expmv_chebyshev,
+)
 from ..linalg.sparse import SparseMatrix
 from ..model import Model, warn_unequal_density
 from ..result import Result
@@ -85,6 +94,10 @@ __all__ = [
 ]
 
 _CACHE_VERSION = 1
+# no-grad propagation with one batched product per direction (GroupedOperator) from this many
+# columns per direction on, and while the per-direction matrices A(u_g) take at most this much
+_GROUPED_MIN_COLUMNS = 4
+_GROUPED_MAX_BYTES = 256 * 2**20
 
 
 # ------------------------------------------------------------------------------ eigenpairs
@@ -364,8 +377,9 @@ def compute_laplace_eig(
 
 # ------------------------------------------------------------------------ reduced operator
 class _NegligibleMatmul(torch.autograd.Function):
-    """``E @ X`` for an E that is zero up to round-off (the off-diagonal of ΦᵀAΦ): the
-    forward returns zeros (skipping the product), the backward keeps ``Ē = Re(Σ Ȳ Xᴴ)``."""
+    """``E @ X`` for an E that is zero up to round-off (the off-diagonal of ΦᵀAΦ) and X
+    (k, N): the forward returns zeros (skipping the product), the backward keeps
+    ``Ē = Re(Ȳ Xᴴ)``."""
 
     @staticmethod
     def forward(ctx, E, X):
@@ -377,15 +391,15 @@ class _NegligibleMatmul(torch.autograd.Function):
         (X,) = ctx.saved_tensors
         gE = None
         if ctx.needs_input_grad[0]:
-            gE = torch.einsum("gkc,glc->kl", gY, X.conj()).real
+            gE = (gY @ X.conj().T).real
         return gE, None
 
 
 def _rmm(Ar: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Real matrix (k,k) or (G,k,k) times complex (G,k,C), as one real product."""
-    G, k, C = x.shape
-    xr = torch.view_as_real(x.resolve_conj().contiguous()).reshape(G, k, 2 * C)
-    return torch.view_as_complex((Ar @ xr).reshape(G, k, C, 2).contiguous())
+    """Real matrix (k, k) times complex (k, N), as one real product."""
+    k, n = x.shape
+    xr = torch.view_as_real(x.resolve_conj().contiguous()).reshape(k, 2 * n)
+    return torch.view_as_complex((Ar @ xr).reshape(k, n, 2))
 
 
 @dataclass
@@ -393,30 +407,98 @@ class _Reduced:
     sigma: torch.Tensor  # (k,) diagonal of L + T
     E: torch.Tensor  # (k, k) off-diagonal of L + T
     E_negligible: bool
-    A: torch.Tensor  # (3, k, k)
+    A: torch.Tensor  # (3, k, k): Φᵀ J_d Φ − m_d I (position about the centroid m)
     W: torch.Tensor  # (k, ncmpt): w_c = Φᵀ M 1_c
     rho: torch.Tensor  # (ncmpt,)
     lo: float  # spectrum of L + T
     hi: float
     anorm: list[float]  # ‖A_d‖₂
+    anorm_joint: float  # ‖Σ_d A_d²‖₂^½ ≥ ‖A(u)‖₂ for every unit u
+    center: list[float]  # m, µm
 
-    def S_times(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.sigma[None, :, None] * x
-        if self.E_negligible:
-            return y + _NegligibleMatmul.apply(self.E, x)
-        return y + _rmm(self.E, x)
+    def __post_init__(self):
+        self._stacks: dict[bool, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def operator(self, dirs: torch.Tensor, qf: torch.Tensor) -> ColumnOperator:
+        """K_n = L + T + i q_n A(u_n) (differentiable) for the columns n = (g, j) of a
+        (k, G·m) block: directions ``dirs`` (G, 3), q·f values ``qf`` (G, m) in rad/(µs·µm).
+
+        One direction: a single block Σ_d u_d A_d; several: the three A_d (one real product
+        over all columns). The off-diagonal of L + T is one more block when it is not
+        negligible; when it is, it only enters the backward pass (:class:`_NegligibleMatmul`).
+        """
+        G, m = qf.shape
+        ctype = _complex(self.A.dtype)
+        extra = None
+        if G == 1:
+            blocks = torch.einsum("d,dkl->kl", dirs[0].to(self.A), self.A)[None]
+            coefs = (1j * qf).to(ctype)
+            stack = None
+            if not self.E_negligible:
+                blocks = torch.cat([self.E[None], blocks])
+                coefs = torch.cat([torch.ones_like(coefs), coefs])
+        else:
+            grad = torch.is_grad_enabled()
+            if grad not in self._stacks:  # [E] A_x A_y A_z, built once for all pieces
+                blocks = self.A if self.E_negligible else torch.cat([self.E[None], self.A])
+                k = blocks.shape[1]
+                stack = blocks.permute(1, 0, 2).reshape(k, blocks.shape[0] * k)
+                self._stacks[grad] = (blocks, stack)
+            blocks, stack = self._stacks[grad]
+            c = qf[None, :, :] * dirs.T.to(qf)[:, :, None]  # (3, G, m)
+            coefs = (1j * c.reshape(3, G * m)).to(ctype)
+            if not self.E_negligible:
+                coefs = torch.cat([torch.ones_like(coefs[:1]), coefs])
+        if self.E_negligible and torch.is_grad_enabled() and self.E.requires_grad:
+            E = self.E
+
+            def extra(x):
+                return _NegligibleMatmul.apply(E, x)
+
+        return ColumnOperator(self.sigma, blocks, coefs, extra, _stack=stack)
+
+    def grouped_operator(self, mats: torch.Tensor, qf: torch.Tensor) -> GroupedOperator:
+        """The derivative-free operator of the same columns with the per-direction
+        matrices ``mats`` = A(u_g) (G, k, k) (see :meth:`direction_matrices`)."""
+        return GroupedOperator(self.sigma, mats, qf, None if self.E_negligible else self.E)
+
+    def direction_matrices(self, dirs: torch.Tensor) -> torch.Tensor:
+        """A(u_g) = Σ_d u_gd A_d, (G, k, k), without derivative."""
+        with torch.no_grad():
+            return torch.einsum("gd,dkl->gkl", dirs.detach().to(self.A), self.A.detach())
+
+    def imag_bound(self, dirs: torch.Tensor, qf: torch.Tensor) -> float:
+        """max |q_n|·‖A(u_n)‖₂, bounded per direction by min(Σ_d |u_d| ‖A_d‖₂,
+        ‖u‖·‖Σ_d A_d²‖₂^½)."""
+        u = dirs.detach().abs().to(torch.float64).cpu()
+        an = torch.tensor(self.anorm, dtype=torch.float64)
+        per_dir = torch.minimum(u @ an, torch.linalg.vector_norm(u, dim=1) * self.anorm_joint)
+        qmax = qf.detach().abs().amax(1).to(torch.float64).cpu()
+        return float((qmax * per_dir).max())
+
+    def phase(self, dirs: torch.Tensor, qf: torch.Tensor, dt: float) -> torch.Tensor:
+        """exp(−i dt q_n u_n·m), (G·m,): the factor between exp(−dt K) about the origin and
+        about the centroid m (A is stored centred)."""
+        um = dirs.to(qf) @ torch.tensor(self.center, dtype=qf.dtype, device=qf.device)  # (G,)
+        return torch.exp(-1j * dt * (qf * um[:, None])).reshape(-1)
 
     def pause(self, t: float, x: torch.Tensor) -> torch.Tensor:
-        """exp(−t(L+T)) x."""
+        """exp(−t(L+T)) x for x (k, N)."""
         if t == 0:
             return x
         S = torch.diag_embed(self.sigma) + self.E
         if self.E_negligible:
+            if not (torch.is_grad_enabled() and (S.requires_grad or x.requires_grad)):
+                return torch.exp(-t * self.sigma).to(x.dtype)[:, None] * x
             # exp(−tS) at a (numerically) diagonal S, with the exact Daleckii-Krein backward
             P = diag_matrix_function(S, lambda lam: torch.exp(-t * lam))
         else:
             P = torch.linalg.matrix_exp(-t * S)
         return _rmm(P, x)
+
+
+def _complex(dtype: torch.dtype) -> torch.dtype:
+    return torch.complex128 if dtype == torch.float64 else torch.complex64
 
 
 def _reduce(model: Model, fem: FEMatrices, phi: torch.Tensor) -> _Reduced:
@@ -436,32 +518,30 @@ def _reduce(model: Model, fem: FEMatrices, phi: torch.Tensor) -> _Reduced:
             ev = sigma.detach()
         else:
             ev = torch.linalg.eigvalsh(0.5 * (S + S.T).detach())
+        # the position operators about the centroid m (w = Φᵀ M 1 spans the constants):
+        # shifting x by m multiplies K's exponential by a phase and shrinks the imaginary
+        # extent of its field of values, hence the Chebyshev degree, for off-centre meshes
+        wt = W.detach().sum(1)
+        center = [float(wt @ a.detach() @ wt / (wt @ wt)) for a in Ad]
+    eye = torch.eye(Ad.shape[1], dtype=Ad.dtype, device=Ad.device)
+    Ad = Ad - torch.tensor(center, dtype=Ad.dtype, device=Ad.device)[:, None, None] * eye
+    with torch.no_grad():
         anorm = [float(torch.linalg.eigvalsh(a.detach()).abs().max()) for a in Ad]
+        sq = torch.einsum("dkl,dlm->km", Ad.detach(), Ad.detach())
+        anorm_joint = math.sqrt(max(float(torch.linalg.eigvalsh(sq).max()), 0.0))
     return _Reduced(
-        sigma, E, e_neg, Ad, W, model.density.to(W.dtype), float(ev.min()), float(ev.max()), anorm
+        sigma,
+        E,
+        e_neg,
+        Ad,
+        W,
+        model.density.to(W.dtype),
+        float(ev.min()),
+        float(ev.max()),
+        anorm,
+        anorm_joint,
+        center,
     )
-
-
-def _make_matvec(red: _Reduced, coef: torch.Tensor, dirs: torch.Tensor, grouped: bool):
-    """K x = (L+T) x + i Σ_d coef[g, c]·dirs[g, d]·A_d x for x (G, k, C)."""
-    if grouped:
-        Ag = torch.einsum("gd,dkl->gkl", dirs, red.A)
-
-        def matvec(x):
-            return red.S_times(x) + 1j * coef[:, None, :] * _rmm(Ag, x)
-
-        return matvec
-
-    def matvec(x):
-        G, k, C = x.shape
-        xs = x.permute(1, 0, 2).reshape(1, k, G * C)
-        y = red.S_times(x)
-        for d in range(3):
-            ad = _rmm(red.A[d], xs).reshape(k, G, C).permute(1, 0, 2)
-            y = y + 1j * (coef * dirs[:, d : d + 1])[:, None, :] * ad
-        return y
-
-    return matvec
 
 
 def _pieces(seq: Sequence, ninterval: int) -> tuple[list[tuple[float, Any]], bool]:
@@ -514,63 +594,79 @@ def _propagate_sequence(
     tol: float,
     progress,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Signals (ncmpt, ndir, namp) and, if asked, ν(TE) (ndir, k, namp)."""
+    """Signals (ncmpt, ndir, namp) and, if asked, ν(TE) (k, ndir, namp).
+
+    Vectors are (k, N) with the (direction, amplitude) pairs as columns (and the compartments
+    for the PGSE first lobe: column (g, c, a)), so that every product is one real GEMM, or,
+    without derivatives and with ≥ 4 columns per direction, one batched product per
+    direction (:class:`~spindoctor_torch.linalg.expm.GroupedOperator`)."""
     k = red.sigma.shape[0]
     pieces, _ = _pieces(seq, ninterval)
     if seq.is_vector:
         dirs = torch.zeros(1, 3, dtype=q.dtype, device=q.device)
     G, C = dirs.shape[0], q.shape[0]
-    ctype = torch.complex128 if red.sigma.dtype == torch.float64 else torch.complex64
+    ctype = _complex(red.sigma.dtype)
     ncmpt = red.W.shape[1]
+    pgse = _pgse_like(pieces)
+    needs_grad = torch.is_grad_enabled() and any(
+        t.requires_grad for t in (red.sigma, red.E, red.A, red.W, q, dirs)
+    )
+    ncol_dir = C * (ncmpt if pgse else 1)
+    mats = None
+    if not (needs_grad or seq.is_vector) and G >= 2 and ncol_dir >= _GROUPED_MIN_COLUMNS:
+        if G * k * k * red.A.element_size() <= _GROUPED_MAX_BYTES:
+            mats = red.direction_matrices(dirs)
 
-    def matvec_for(v, ncopies=1):
-        """(matvec, bound on ‖q f A(u)‖₂) for a piece of value v."""
+    def expmv(v, dt: float, x: torch.Tensor, ncopies: int = 1) -> torch.Tensor:
+        """exp(−dt K(v)) x about the centroid, for a piece of value v (scalar, or a (3,)
+        vector profile); columns (g, copy, a)."""
         if isinstance(v, torch.Tensor):  # vector profile: one group, direction v
-            dv = v.to(red.A)[None, :]
-            coef = q[None, :].repeat(1, ncopies)
-            grouped = True
+            dv, qf = v.to(red.A)[None, :], q[None, :]
         else:
-            dv = dirs.to(red.A)
-            coef = (q * v)[None, :].expand(G, C).repeat(1, ncopies)
-            # measured (k = 300, 1 thread): one (k×k)(k×2C) product per direction beats three
-            # stacked products over all columns only for G ≤ 2 (batched products with few
-            # columns run at a fraction of the GEMM rate)
-            grouped = G <= 2
-        an = torch.as_tensor(red.anorm, dtype=dv.dtype, device=dv.device)
-        imag = float(coef.detach().abs().max()) * float((dv.detach().abs() @ an).max())
-        return _make_matvec(red, coef, dv, grouped), imag
+            dv, qf = dirs.to(red.A), (q * v)[None, :].expand(G, C)
+        imag = red.imag_bound(dv, qf)
+        qf = qf.repeat_interleave(ncopies, 0).reshape(dv.shape[0], ncopies * C)
+        if mats is not None and not isinstance(v, torch.Tensor):
+            op = red.grouped_operator(mats, qf)
+        else:
+            op = red.operator(dv, qf)
+        return expmv_chebyshev(op, x, dt, red.lo, red.hi, imag, tol=tol)
 
-    def expmv(v, dt, x, ncopies=1):
-        mv, imag = matvec_for(v, ncopies)
-        return expmv_chebyshev(mv, x, dt, red.lo, red.hi, imag, tol=tol)
-
-    if _pgse_like(pieces):
+    if pgse:
+        # exp(−δK) about the origin and about the centroid differ by a phase per pair that
+        # cancels in conj(E w_c)ᵀ D E ν0 and in conj(E) D E ν0: no phase needed here
         (d1, v1) = pieces[0]
         tpause = pieces[1][0] if len(pieces) == 3 else 0.0
-        # Y[:, :, c*C + a] = E_{g,a} w_c  (one action per compartment)
-        x0 = red.W.to(ctype).T[None, :, :, None].expand(G, ncmpt, k, C)  # (G, c, k, a)
-        x0 = x0.permute(0, 2, 1, 3).reshape(G, k, ncmpt * C)
-        Y = expmv(v1, d1, x0, ncmpt)
+        # Y[:, (g, c, a)] = E_{g,a} w_c  (one action per compartment and pair)
+        x0 = red.W.to(ctype)[:, None, :, None].expand(k, G, ncmpt, C).reshape(k, -1)
+        Y = expmv(v1, d1, x0, ncmpt).reshape(k, G, ncmpt, C)
         progress.update(1)
-        Y = Y.reshape(G, k, ncmpt, C)
-        x1 = (Y * red.rho.to(ctype)[None, None, :, None]).sum(2)  # E ν0, (G, k, C)
-        z = red.pause(tpause, x1)
+        x1 = (Y * red.rho.to(ctype)[None, None, :, None]).sum(2)  # E ν0, (k, G, C)
+        z = red.pause(tpause, x1.reshape(k, G * C))  # D E ν0
         progress.update(1)
-        sig = (Y.conj() * z[:, :, None, :]).sum(1)  # (G, c, C)
+        sig = (Y.conj() * z.reshape(k, G, 1, C)).sum(0)  # conj(E w_c)ᵀ D E ν0, (G, c, C)
         nu = None
         if want_nu:
-            nu = expmv(v1, d1, z.conj()).conj()
+            nu = expmv(v1, d1, z.conj()).conj().reshape(k, G, C)
         progress.update(1)
         return sig.permute(1, 0, 2), nu
-    x = (red.W.to(ctype) @ red.rho.to(ctype))[None, :, None].expand(G, k, C)
+    x = (red.W.to(ctype) @ red.rho.to(ctype))[:, None].expand(k, G * C).contiguous()
+    area = 0.0  # ∫f dt of the pieces (a (3,) tensor for a vector profile), µs
     for dt, v in pieces:
         if _is_zero(v):
             x = red.pause(dt, x)
         else:
             x = expmv(v, dt, x)
+            area = area + dt * v
         progress.update(1)
-    sig = torch.einsum("kc,gka->cga", red.W.to(ctype), x)
-    return sig, (x if want_nu else None)
+    # each piece's exp(−dt K) about the origin is the one about the centroid m times the
+    # column phase exp(−i q f dt u·m); these commute: one phase in total (≈ 1 at the echo)
+    if isinstance(area, torch.Tensor):
+        x = x * red.phase(area.to(red.A)[None, :], q[None, :], 1.0)
+    elif area != 0.0:
+        x = x * red.phase(dirs.to(red.A), q[None, :].expand(G, C), area)
+    sig = red.W.to(ctype).T @ x  # (ncmpt, GC)
+    return sig.reshape(ncmpt, G, C), (x.reshape(k, G, C) if want_nu else None)
 
 
 def solve_mf(
@@ -620,8 +716,8 @@ def solve_mf(
     -----
     Cost: the eigen-decomposition (see :func:`compute_laplace_eig`), 4 sparse projections
     ΦᵀXΦ, then per sequence one batched Chebyshev series of degree ~sqrt(δ·λ_max·25) per
-    exponential over all (amplitude, direction) pairs (each term: one real (k×k)·(k×2·namp)
-    product per direction).
+    exponential over all (amplitude, direction) pairs (each term: one real (2·npair×k)·(k×k)
+    product per direction without derivatives, one (k×3k)·(3k×2·npair) product with them).
     Differentiable in ``mesh.points``, D, κ, T2, ρ and the experiment's tensors.
     """
     if not isinstance(experiment, Experiment):
@@ -672,7 +768,7 @@ def solve_mf(
     if return_magnetization:
         mags = []
         for nu in nus:
-            m = torch.einsum("nk,gka->agn", phi.to(nu.dtype), nu)  # (namp, G, ndof)
+            m = torch.einsum("nk,kga->agn", phi.to(nu.dtype), nu)  # (namp, G, ndof)
             mags.append(m.expand(m.shape[0], ndir, m.shape[2]) if m.shape[1] == 1 else m)
         mag = torch.stack(mags, 1)
     return Result(
