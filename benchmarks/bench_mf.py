@@ -7,13 +7,18 @@ Meshes: gmsh balls of radius 5 µm with ~2k, ~20k and ~100k nodes (``--sizes``).
   ``lobpcg``) side by side with the default SciPy baseline ``eigsh(A, k, M, sigma=-1e-8)``
   (SuperLU with its default ordering) and, where it fits, a dense generalized ``eigh``;
 * signal: 1000 (b, direction) pairs (10 b-values × 100 directions, one PGSE) at ``--nmode``
-  modes (default 300), after the eigen step;
+  modes (default 300), after the eigen step: the propagation a user gets from ``solve_mf``
+  under ``torch.no_grad()`` (in-place Chebyshev series, one batched product per direction),
+  the same series with the stacked ``[A_x A_y A_z]`` products (the layout of the gradient
+  path), and the gradient path itself (q requiring grad: autograd series, forward and
+  backward of ``Σ|S|²``, single run; skipped with ``--skip-grad``);
 * gradient: forward (eig + reduction + signals) and backward of ``Σ|S|²`` w.r.t. the mesh
   points, at ``--grad-length-scale`` (default 1 µm: ~200 modes);
 * dense baseline (the approach of existing PyTorch tools): dense generalized eigh plus one
   dense ``matrix_exp`` per pair, timed on a few pairs and extrapolated to 1000.
 
-Threads are pinned (``--threads``, default 1) for BLAS, OpenMP and torch, and reported.
+Threads are pinned (``--threads``, default 1) for BLAS, OpenMP and torch, and reported; the
+README figures use ``--threads 2`` (the development machine has 2 cores).
 Timings are medians over ``--repeat`` runs for the fast parts (single runs for the eigen
 steps above 20k nodes). Run: ``python benchmarks/bench_mf.py --sizes 2k 20k 100k``.
 Results are printed as a table and written to ``--out`` (JSON).
@@ -59,6 +64,7 @@ def main(argv=None) -> int:
     from spindoctor_torch.experiment import Experiment, unit_sphere
     from spindoctor_torch.fem.assemble import assemble
     from spindoctor_torch.linalg.eig import cholmod_available, sparse_eigsh
+    from spindoctor_torch.linalg.expm import chebyshev_coefficients
     from spindoctor_torch.mesh.gmsh_recipes import sphere
     from spindoctor_torch.model import Model
     from spindoctor_torch.sequences import PGSE
@@ -130,23 +136,51 @@ def main(argv=None) -> int:
 
             q = exp.qvalues[:, 0]
             dirs = exp.directions
-            t_sig, _ = timed(
-                _propagate_sequence,
-                red,
-                exp.sequences[0],
-                q,
-                dirs,
-                500,
-                False,
-                1e-10,
-                _Bar(),
-                repeat=args.repeat,
+            seq = exp.sequences[0]
+
+            def signals(red, seq, q, dirs, grouped=None):
+                with torch.no_grad():
+                    return _propagate_sequence(
+                        red, seq, q, dirs, 500, False, 1e-10, _Bar(), grouped=grouped
+                    )[0]
+
+            t_sig, sig = timed(signals, red, seq, q, dirs, repeat=args.repeat)
+            t_stk, sig_stk = timed(signals, red, seq, q, dirs, False, repeat=args.repeat)
+            imag = red.imag_bound(dirs, q[None].expand(dirs.shape[0], -1))
+            degree = chebyshev_coefficients(seq.delta, red.lo, red.hi, imag, 1e-10)[0].size - 1
+            diff = float(((sig - sig_stk).abs() / sig_stk.abs()).max())
+            row.update(
+                nmode=k,
+                eig_nmode_s=t_eig,
+                reduce_s=t_red,
+                signal_1000_pairs_s=t_sig,
+                signal_1000_pairs_stacked_s=t_stk,
+                chebyshev_degree=degree,
+                grouped_vs_stacked_max_rel_diff=diff,
             )
-            row.update(nmode=k, eig_nmode_s=t_eig, reduce_s=t_red, signal_1000_pairs_s=t_sig)
             print(
-                f"signals: {k} modes (eig {t_eig:.1f} s), reduction {t_red:.2f} s, "
-                f"1000 pairs {t_sig:.3f} s"
+                f"signals: {k} modes (eig {t_eig:.1f} s), reduction {t_red:.2f} s, Chebyshev "
+                f"degree {degree}; 1000 pairs without grad {t_sig:.3f} s (per-direction "
+                f"products), {t_stk:.3f} s (stacked products); max rel. difference {diff:.1e}"
             )
+            if not args.skip_grad:
+                qg = q.clone().requires_grad_(True)
+                t0 = time.perf_counter()
+                sg = _propagate_sequence(red, seq, qg, dirs, 500, False, 1e-10, _Bar())[0]
+                t_gf = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                (sg.abs() ** 2).sum().backward()
+                t_gb = time.perf_counter() - t0
+                gdiff = float(((sg.detach() - sig).abs() / sig.abs()).max())
+                row.update(
+                    signal_1000_pairs_grad_forward_s=t_gf,
+                    signal_1000_pairs_grad_backward_s=t_gb,
+                    grad_vs_no_grad_max_rel_diff=gdiff,
+                )
+                print(
+                    f"signals with grad (q requires grad), 1000 pairs: forward {t_gf:.2f} s, "
+                    f"backward {t_gb:.2f} s; max rel. difference to no-grad {gdiff:.1e}"
+                )
             # dense-baseline reduced part: one matrix_exp per pair (time 5, extrapolate)
             Kd = torch.diag_embed(red.sigma.detach()).to(torch.complex128)
             Ad_ = red.A[0].detach().to(torch.complex128)

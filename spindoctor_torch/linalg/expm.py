@@ -110,8 +110,7 @@ def chebyshev_coefficients(
 class ColumnOperator:
     r"""A batch of complex symmetric matrices, one per column of the vectors it acts on.
 
-    .. math::  K_n = \operatorname{diag}(d) + \sum_j c_{jn} M_j \;(+\, \text{extra}),
-        \qquad n = 0, \dots, N-1,
+    .. math::  K_n = \operatorname{diag}(d) + \sum_j c_{jn} M_j, \qquad n = 0, \dots, N-1,
 
     with real (k,) ``d``, real symmetric (k, k) ``M_j`` shared by all columns and complex
     (N,) coefficient rows ``c_j``. ``K x`` for x (k, N) is one real matrix-matrix product
@@ -123,15 +122,17 @@ class ColumnOperator:
     diag : (k,) real tensor
     blocks : (p, k, k) real tensor (p ≥ 0)
     coefs : (p, N) complex tensor
-    extra : callable, optional
-        A column-wise linear map x (k, N) → (k, N) added to the product (e.g. a term whose
-        value is zero but whose derivative is not). Only used by :meth:`matvec`.
+    ghost : (k, k) real tensor, optional
+        A block that is zero up to round-off: skipped in every product, but its first-order
+        sensitivity ``ghost_scale·Re(Ȳ Xᴴ)`` is kept in the backward pass (the off-diagonal
+        of a reduced matrix that is diagonal in value).
+    ghost_scale : float, default 1
 
     Notes
     -----
     In the matrix formalism ``d`` = diag(L + T), ``M`` = (Φᵀ J_x Φ, Φᵀ J_y Φ, Φᵀ J_z Φ) and
-    ``c_dn = i q_n u_nd``; the off-diagonal part of L + T, when not negligible, is one more
-    block with coefficient 1.
+    ``c_dn = i q_n u_nd``; the off-diagonal part of L + T is one more block with coefficient
+    1 when it is not negligible, the ghost block when it is.
     """
 
     def __init__(
@@ -139,8 +140,9 @@ class ColumnOperator:
         diag: torch.Tensor,
         blocks: torch.Tensor,
         coefs: torch.Tensor,
-        extra: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        ghost: torch.Tensor | None = None,
         *,
+        ghost_scale: float = 1.0,
         _stack: torch.Tensor | None = None,
     ):
         if diag.ndim != 1 or diag.is_complex():
@@ -158,12 +160,15 @@ class ColumnOperator:
                 f"coefs must be a complex ({blocks.shape[0]}, N) tensor, got {coefs.dtype} "
                 f"{tuple(coefs.shape)}"
             )
+        if ghost is not None and (ghost.shape != (k, k) or ghost.is_complex()):
+            raise ValueError(f"ghost must be a real ({k}, {k}) tensor, got {tuple(ghost.shape)}")
         self.diag = diag
         self.blocks = blocks
         self.coefs = coefs
-        self.extra = extra
+        self.ghost = ghost
+        self.ghost_scale = float(ghost_scale)
         p = blocks.shape[0]
-        # [M_1 … M_p], (k, p·k): built once and shared by select/shifted
+        # [M_1 … M_p], (k, p·k): built once and shared by shifted copies
         self.stack = blocks.permute(1, 0, 2).reshape(k, p * k) if _stack is None else _stack
         self._buf: torch.Tensor | None = None
 
@@ -177,21 +182,18 @@ class ColumnOperator:
 
     @property
     def requires_grad(self) -> bool:
-        return self.extra is not None or any(
-            t.requires_grad for t in (self.diag, self.stack, self.coefs)
-        )
+        ts = (self.diag, self.stack, self.coefs, self.ghost)
+        return any(t is not None and t.requires_grad for t in ts)
 
     def shifted(self, shift: float, scale: float) -> ColumnOperator:
         """``scale·(K − shift·I)``, sharing the blocks (the coefficients are scaled)."""
-        extra = self.extra
-        if extra is not None:
-            inner = extra
-
-            def extra(x):
-                return scale * inner(x)
-
         return ColumnOperator(
-            scale * (self.diag - shift), self.blocks, scale * self.coefs, extra, _stack=self.stack
+            scale * (self.diag - shift),
+            self.blocks,
+            scale * self.coefs,
+            self.ghost,
+            ghost_scale=scale * self.ghost_scale,
+            _stack=self.stack,
         )
 
     def to_internal(self, v: torch.Tensor) -> torch.Tensor:
@@ -218,33 +220,138 @@ class ColumnOperator:
             buf = (self.coefs[:, None, :] * x[None]).reshape(p * k, n)
             prod = self.stack @ torch.view_as_real(buf).reshape(p * k, 2 * n)
             y = y + torch.view_as_complex(prod.reshape(k, n, 2))
-        if self.extra is not None:
-            y = y + self.extra(x)
+        if self.ghost is not None:
+            y = y + _GhostMatmul.apply(self.ghost, x, self.ghost_scale)
         return y
 
     def matvec_(self, x: torch.Tensor, out: torch.Tensor, beta: float = 0.0) -> torch.Tensor:
-        """``out ← K x + beta·out`` in place, without autograd (``extra`` is ignored: it is
-        zero in value). ``out`` must be a contiguous (k, N) complex tensor distinct from x."""
-        k, n = x.shape
-        p = self.coefs.shape[0]
+        """``out ← K x + beta·out`` in place, without autograd. ``out`` must be a contiguous
+        (k, N) complex tensor distinct from x."""
         with torch.no_grad():
-            out_r = torch.view_as_real(out).view(k, 2 * n)
-            if p:
-                buf = self._buf
-                if buf is None or buf.shape != (p, k, n) or buf.dtype != x.dtype:
-                    buf = self._buf = torch.empty((p, k, n), dtype=x.dtype, device=x.device)
-                torch.mul(x[None], self.coefs[:, None, :], out=buf)
-                buf_r = torch.view_as_real(buf).view(p * k, 2 * n)
-                if beta == 0.0:
-                    torch.mm(self.stack, buf_r, out=out_r)
-                else:
-                    out_r.addmm_(self.stack, buf_r, beta=beta)
-            elif beta == 0.0:
-                out_r.zero_()
-            else:
-                out_r.mul_(beta)
-            torch.view_as_real(out).addcmul_(self.diag[:, None, None], torch.view_as_real(x))
+            buf = self._buf
+            p, (k, n) = self.coefs.shape[0], x.shape
+            if buf is None or buf.shape != (p, k, n) or buf.dtype != x.dtype:
+                buf = self._buf = torch.empty((p, k, n), dtype=x.dtype, device=x.device)
+            _column_product_(self.diag, self.stack, self.coefs, x, out, beta, buf)
         return out
+
+
+def _column_product_(diag, stack, coefs, x, out, beta, buf) -> None:
+    """``out ← (diag(d) + Σ_j c_j M_j) x + beta·out`` in place; buf (p, k, N) complex."""
+    k, n = x.shape
+    p = coefs.shape[0]
+    out_r = torch.view_as_real(out).view(k, 2 * n)
+    if p:
+        torch.mul(x[None], coefs[:, None, :], out=buf)
+        buf_r = torch.view_as_real(buf).view(p * k, 2 * n)
+        if beta == 0.0:
+            torch.mm(stack, buf_r, out=out_r)
+        else:
+            out_r.addmm_(stack, buf_r, beta=beta)
+    elif beta == 0.0:
+        out_r.zero_()
+    else:
+        out_r.mul_(beta)
+    torch.view_as_real(out).addcmul_(diag[:, None, None], torch.view_as_real(x))
+
+
+class _GhostMatmul(torch.autograd.Function):
+    """``scale·E @ X`` for an E that is zero up to round-off and X (k, N) complex: the forward
+    returns zeros (skipping the product), the backward keeps ``Ē = scale·Re(Ȳ Xᴴ)``."""
+
+    @staticmethod
+    def forward(ctx, E, X, scale):
+        ctx.save_for_backward(X)
+        ctx.scale = scale
+        return torch.zeros_like(X)
+
+    @staticmethod
+    def backward(ctx, gY):
+        (X,) = ctx.saved_tensors
+        gE = None
+        if ctx.needs_input_grad[0]:
+            gE = ctx.scale * (gY @ X.conj().T).real
+        return gE, None, None
+
+
+class _ChebyshevSeries(torch.autograd.Function):
+    """``y = Σ_j a_j T_j(B) v`` with ``2B = diag(d) + Σ_i c_i M_i`` (+ a ghost block), i.e.
+    ``t_0 = v, t_1 = B v, t_{j+1} = 2B t_j − t_{j−1}``, with a hand-written backward.
+
+    The forward stores only the vectors t_0 … t_{m−1} (the inputs of the products): m·k·N
+    complex numbers instead of every temporary of an autograd graph. The backward runs the
+    adjoint three-term recurrence (Clenshaw-like, from j = m down):
+    ``G_m = a_m ȳ``, ``G_j = a_j ȳ + w_j (2B)ᴴ G_{j+1} − G_{j+2}`` (w_0 = ½, else 1), and
+    ``v̄ = G_0``, while each product ``t_{j+1} ← w_j 2B t_j`` adds to the parameter gradients
+    d̄ += w_j Re Σ_n G_{j+1} ⊙ conj(t_j), M̄_i += w_j Re(G_{j+1} (c_i ⊙ t_j)ᴴ),
+    c̄_i += w_j Σ_k (M_i G_{j+1}) ⊙ conj(t_j), Ē += w_j scale Re(G_{j+1} t_jᴴ).
+    One (p·k × k)·(k × 2N) product per step gives both (2B)ᴴ G and the M_i G.
+    """
+
+    @staticmethod
+    def forward(ctx, diag2, stack, coefs2, ghost, ghost_scale, v, a):
+        m = a.size - 1
+        k, n = v.shape
+        p = coefs2.shape[0]
+        buf = torch.empty((p, k, n), dtype=v.dtype, device=v.device)
+        T = torch.empty((m, k, n), dtype=v.dtype, device=v.device)
+        T[0] = v
+        y = v * float(a[0])
+        t1 = T[1] if m > 1 else torch.empty_like(v)
+        _column_product_(diag2, stack, coefs2, T[0], t1, 0.0, buf)
+        t1.mul_(0.5)
+        y.add_(t1, alpha=float(a[1]))
+        last = torch.empty_like(v)
+        for j in range(2, m + 1):
+            out = T[j] if j < m else last
+            out.copy_(T[j - 2])
+            _column_product_(diag2, stack, coefs2, T[j - 1], out, -1.0, buf)
+            y.add_(out, alpha=float(a[j]))
+        ctx.save_for_backward(diag2, stack, coefs2, ghost, T)
+        ctx.a, ctx.ghost_scale = a, ghost_scale
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, gy):
+        diag2, stack, coefs2, ghost, T = ctx.saved_tensors
+        a = ctx.a
+        m = a.size - 1
+        k, n = gy.shape
+        p = coefs2.shape[0]
+        need_d, need_s, need_c, need_e, _, need_v, _ = ctx.needs_input_grad
+        gy = gy.resolve_conj()
+        gd = torch.zeros_like(diag2) if need_d else None
+        gs = torch.zeros_like(stack) if need_s else None
+        gc = torch.zeros_like(coefs2) if need_c else None
+        ge = torch.zeros_like(ghost) if need_e else None
+        buf = torch.empty((p, k, n), dtype=gy.dtype, device=gy.device) if need_s else None
+        cconj = coefs2.conj().resolve_conj()
+        g_next2 = torch.zeros_like(gy)  # G_{j+2}
+        g_next = gy * float(a[m])  # G_{j+1}, starting at G_m
+        for j in range(m - 1, -1, -1):
+            w = 0.5 if j == 0 else 1.0
+            t = T[j]
+            g_r = torch.view_as_real(g_next).view(k, 2 * n)
+            if p:
+                P = torch.view_as_complex((stack.T @ g_r).view(p, k, n, 2))  # M_i G_{j+1}
+                if need_c:
+                    gc.add_(torch.linalg.vecdot(t[None], P, dim=1), alpha=w)  # Σ_k conj(t) P
+                if need_s:
+                    torch.mul(t[None], coefs2[:, None, :], out=buf)
+                    gs.addmm_(g_r, torch.view_as_real(buf).view(p * k, 2 * n).T, alpha=w)
+            t_r = torch.view_as_real(t).view(k, 2 * n)
+            if need_d:
+                gd.add_((g_r * t_r).sum(1), alpha=w)
+            if need_e:
+                ge.addmm_(g_r, t_r.T, alpha=w * ctx.ghost_scale)
+            # G_j = a_j ȳ + w (2B)ᴴ G_{j+1} − G_{j+2}
+            g = diag2.to(gy.dtype)[:, None] * g_next
+            for i in range(p):
+                g.addcmul_(P[i], cconj[i])
+            g.mul_(w).sub_(g_next2).add_(gy, alpha=float(a[j]))
+            g_next2, g_next = g_next, g
+        return gd, gs, gc, ge, None, (g_next if need_v else None), None
 
 
 class GroupedOperator:
@@ -392,7 +499,9 @@ def expmv_chebyshev(
     coupling between impermeable compartments - and is not used here.) Cost: ~sqrt(τ(hi−lo)·
     ln(1/tol)) products; about 75 for τ(hi−lo) = 200 and tol = 1e-10. With an operator and
     no derivative needed (grad mode off, or no input requiring one) the three-term recurrence
-    runs in place on two buffers.
+    runs in place on two buffers; with a derivative needed a :class:`ColumnOperator` runs a
+    hand-written backward (adjoint recurrence; memory: the m Chebyshev vectors, m·k·N complex
+    numbers).
     """
     op = matvec if isinstance(matvec, ColumnOperator | GroupedOperator) else None
     if op is not None:
@@ -413,14 +522,12 @@ def expmv_chebyshev(
             return _chebyshev_inplace(op2, v, a)
         if isinstance(op2, GroupedOperator):
             raise ValueError("GroupedOperator has no derivative: use a ColumnOperator")
+        return _ChebyshevSeries.apply(
+            op2.diag, op2.stack, op2.coefs, op2.ghost, op2.ghost_scale, v.resolve_conj(), a
+        )
 
-        def b2(x):
-            return op2.matvec(x)
-
-    else:
-
-        def b2(x):
-            return 2.0 * (matvec(x) - c * x) / d
+    def b2(x):
+        return 2.0 * (matvec(x) - c * x) / d
 
     t_prev = v
     y = float(a[0]) * v

@@ -376,25 +376,6 @@ def compute_laplace_eig(
 
 
 # ------------------------------------------------------------------------ reduced operator
-class _NegligibleMatmul(torch.autograd.Function):
-    """``E @ X`` for an E that is zero up to round-off (the off-diagonal of ΦᵀAΦ) and X
-    (k, N): the forward returns zeros (skipping the product), the backward keeps
-    ``Ē = Re(Ȳ Xᴴ)``."""
-
-    @staticmethod
-    def forward(ctx, E, X):
-        ctx.save_for_backward(X)
-        return torch.zeros_like(X)
-
-    @staticmethod
-    def backward(ctx, gY):
-        (X,) = ctx.saved_tensors
-        gE = None
-        if ctx.needs_input_grad[0]:
-            gE = (gY @ X.conj().T).real
-        return gE, None
-
-
 def _rmm(Ar: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Real matrix (k, k) times complex (k, N), as one real product."""
     k, n = x.shape
@@ -425,11 +406,10 @@ class _Reduced:
 
         One direction: a single block Σ_d u_d A_d; several: the three A_d (one real product
         over all columns). The off-diagonal of L + T is one more block when it is not
-        negligible; when it is, it only enters the backward pass (:class:`_NegligibleMatmul`).
+        negligible; when it is, it only enters the backward pass (the operator's ghost block).
         """
         G, m = qf.shape
         ctype = _complex(self.A.dtype)
-        extra = None
         if G == 1:
             blocks = torch.einsum("d,dkl->kl", dirs[0].to(self.A), self.A)[None]
             coefs = (1j * qf).to(ctype)
@@ -449,13 +429,10 @@ class _Reduced:
             coefs = (1j * c.reshape(3, G * m)).to(ctype)
             if not self.E_negligible:
                 coefs = torch.cat([torch.ones_like(coefs[:1]), coefs])
+        ghost = None
         if self.E_negligible and torch.is_grad_enabled() and self.E.requires_grad:
-            E = self.E
-
-            def extra(x):
-                return _NegligibleMatmul.apply(E, x)
-
-        return ColumnOperator(self.sigma, blocks, coefs, extra, _stack=stack)
+            ghost = self.E  # zero in value; its first-order sensitivity is kept
+        return ColumnOperator(self.sigma, blocks, coefs, ghost, _stack=stack)
 
     def grouped_operator(self, mats: torch.Tensor, qf: torch.Tensor) -> GroupedOperator:
         """The derivative-free operator of the same columns with the per-direction
@@ -593,13 +570,15 @@ def _propagate_sequence(
     want_nu: bool,
     tol: float,
     progress,
+    grouped: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Signals (ncmpt, ndir, namp) and, if asked, ν(TE) (k, ndir, namp).
 
     Vectors are (k, N) with the (direction, amplitude) pairs as columns (and the compartments
     for the PGSE first lobe: column (g, c, a)), so that every product is one real GEMM, or,
     without derivatives and with ≥ 4 columns per direction, one batched product per
-    direction (:class:`~spindoctor_torch.linalg.expm.GroupedOperator`)."""
+    direction (:class:`~spindoctor_torch.linalg.expm.GroupedOperator`). ``grouped=False``
+    forces the stacked products (benchmarks); None decides as above."""
     k = red.sigma.shape[0]
     pieces, _ = _pieces(seq, ninterval)
     if seq.is_vector:
@@ -612,10 +591,15 @@ def _propagate_sequence(
         t.requires_grad for t in (red.sigma, red.E, red.A, red.W, q, dirs)
     )
     ncol_dir = C * (ncmpt if pgse else 1)
+    if grouped is None:
+        grouped = (
+            G >= 2
+            and ncol_dir >= _GROUPED_MIN_COLUMNS
+            and G * k * k * red.A.element_size() <= _GROUPED_MAX_BYTES
+        )
     mats = None
-    if not (needs_grad or seq.is_vector) and G >= 2 and ncol_dir >= _GROUPED_MIN_COLUMNS:
-        if G * k * k * red.A.element_size() <= _GROUPED_MAX_BYTES:
-            mats = red.direction_matrices(dirs)
+    if grouped and not (needs_grad or seq.is_vector):
+        mats = red.direction_matrices(dirs)
 
     def expmv(v, dt: float, x: torch.Tensor, ncopies: int = 1) -> torch.Tensor:
         """exp(−dt K(v)) x about the centroid, for a piece of value v (scalar, or a (3,)
