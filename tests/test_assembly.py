@@ -343,3 +343,167 @@ def test_float32_and_float64(dtype):
 def test_bad_model_input(kwargs, match, slab_mesh):
     with pytest.raises(SetupError, match=match):
         Model(slab_mesh, **kwargs)
+
+
+# ---------------------------------------------------------------- blocked volume assembly
+def _fresh_pattern(mesh, block, monkeypatch):
+    """The FEM pattern of ``mesh`` (a mesh built for this test, so not yet cached) with the
+    volume terms processed in blocks of ``block`` tets."""
+    import spindoctor_torch.fem.pattern as pattern_mod
+
+    monkeypatch.setattr(pattern_mod, "tet_block_size", lambda device: block)
+    fp = pattern_mod.fem_pattern(mesh)
+    assert fp.tet_block == min(block, mesh.ntet)
+    return fp
+
+
+def _random_spd(rng, n):
+    a = rng.normal(size=(n, 3, 3))
+    return 1e-3 * (a @ a.transpose(0, 2, 1) + np.eye(3))
+
+
+def test_pattern_matches_plain_construction():
+    """Pattern = all tet dof pairs ∪ interface cross pairs (both orders), built here with
+    np.unique; the upper-triangle maps point at (min, max) of each pair."""
+    mesh = structured_slabs([0.5, 0.75, 0.5], (0.5, 0.5), h=0.25, jitter=0.2, seed=11)
+    from spindoctor_torch.fem.pattern import fem_pattern
+
+    fp = fem_pattern(mesh)
+    topo = mesh.topology
+    n = topo.ndof
+    td = topo.tet_dofs
+    keys = [(td[:, :, None] * n + td[:, None, :]).ravel()]
+    fd = topo.facet_dofs[topo.facet_dofs[:, 1, 0] >= 0]
+    for s, t in ((0, 1), (1, 0)):
+        keys.append((fd[:, s, :, None] * n + fd[:, t, None, :]).ravel())
+    ref = np.unique(np.concatenate(keys))
+    rows, cols = fp.pattern.rows.numpy(), fp.pattern.cols.numpy()
+    assert np.array_equal(rows * n + cols, ref)
+    up = rows <= cols
+    assert fp.nupper == int(up.sum())
+    u2f = fp.upper_to_full.numpy()
+    upper_keys = (rows * n + cols)[up]
+    assert np.array_equal(upper_keys[u2f], np.minimum(rows, cols) * n + np.maximum(rows, cols))
+    # Blocked upper_map (one block here) against the tets' own (min, max) dof pairs.
+    pk, pl = np.array([0, 1, 2, 3, 0, 0, 0, 1, 1, 2]), np.array([0, 1, 2, 3, 1, 2, 3, 2, 3, 3])
+    a, b = td[:, pk].T, td[:, pl].T
+    um = fp.upper_map.numpy().reshape(10, -1)
+    assert np.array_equal(upper_keys[um], np.minimum(a, b) * n + np.maximum(a, b))
+    assert np.array_equal(fp.upper_diag.numpy(), rows[up] == cols[up])
+
+
+@pytest.mark.parametrize("dkind", ["isotropic", "anisotropic"])
+def test_blocked_assembly_matches_independent_loop(dkind, monkeypatch):
+    """Several tet blocks (the last one partial) give the loop reference's matrices; both
+    stiffness paths (isotropic fast path, full tensors)."""
+    mesh = structured_slabs([0.5, 0.75, 0.5], (0.5, 0.5), h=0.25, jitter=0.2, seed=7)
+    fp = _fresh_pattern(mesh, 37, monkeypatch)
+    assert mesh.ntet % 37 != 0 and mesh.ntet > 3 * 37
+    rng = np.random.default_rng(4)
+    if dkind == "isotropic":
+        dvals = [d * np.eye(3) for d in (1e-3, 2.5e-3, 0.7e-3)]
+    else:
+        dvals = list(_random_spd(rng, 3))
+    kappas = {(0, 1): 3e-4, (1, 2): 7e-4}
+    relax, t2, rho = [1e-5, 0.0, 4e-5], [3e4, 6e4, 9e4], [1.0, 0.5, 2.0]
+    model = Model(
+        mesh,
+        diffusivity=torch.tensor(np.array(dvals)),
+        permeability=kappas,
+        relaxivity=relax,
+        relaxation=t2,
+        density=rho,
+    )
+    mats = assemble(model)
+    assert mats.fem is fp
+    ref = _reference_assembly(mesh, dvals, kappas, relax, t2, rho, "weighted")
+    ours = {"M": mats.M, "K": mats.K, "R": mats.R, "Jx": mats.J[0], "Jy": mats.J[1]}
+    ours["Jz"] = mats.J[2]
+    for name, mat in ours.items():
+        err = np.abs(mat.to_dense().numpy() - ref[name]).max() / np.abs(ref[name]).max()
+        assert err <= 1e-12, f"{name}: max relative deviation {err:.2e} ({dkind})"
+    # Compartment volumes from the same pass: the slabs are 0.5 x 0.5 x {0.5, 0.75, 0.5}.
+    assert np.allclose(mats.volumes.numpy(), [0.125, 0.1875, 0.125], rtol=1e-12)
+
+
+def _volume_terms_probe(mesh0, fp, seed):
+    """Scalar probes Σ r_c · values_c of the five matrices (random r_c: every entry counts)
+    and the compartment volumes, as a function of (points, D)."""
+    from spindoctor_torch.fem.tet_assembly import assemble_volume_terms
+
+    gen = torch.Generator().manual_seed(seed)
+    r = torch.rand(5, fp.pattern.nnz, generator=gen, dtype=torch.float64) - 0.5
+
+    def f(points, d, outputs=range(6)):
+        out = assemble_volume_terms(mesh0.with_points(points), d, fp)
+        probes = [(r[c] * out[c]).sum() if c < 5 else out[5] for c in outputs]
+        return tuple(probes)
+
+    return f
+
+
+@pytest.mark.parametrize(
+    "dkind, wrt",
+    [
+        ("isotropic", "both"),
+        ("anisotropic", "both"),
+        ("nonsymmetric", "both"),
+        ("isotropic", "points"),
+        ("anisotropic", "diffusivity"),
+    ],
+)
+def test_volume_terms_gradcheck_blocked(dkind, wrt, monkeypatch):
+    """Analytic backward of the blocked volume terms against finite differences, for the
+    isotropic fast path (finite differences leave isotropy, so they run the full-tensor
+    path), full tensors, and a non-symmetric D (the function uses (D + Dᵀ)/2)."""
+    mesh0 = structured_slabs([0.5, 0.5], (0.5, 0.5), h=0.25, jitter=0.15, seed=5)
+    fp = _fresh_pattern(mesh0, 13, monkeypatch)
+    rng = np.random.default_rng(8)
+    if dkind == "isotropic":
+        d = torch.tensor([2e-3, 1e-3], dtype=torch.float64)[:, None, None] * torch.eye(3)
+    elif dkind == "anisotropic":
+        d = torch.tensor(_random_spd(rng, 2))
+    else:
+        d = torch.tensor(_random_spd(rng, 2) + 4e-4 * rng.normal(size=(2, 3, 3)))
+    pts = mesh0.points.detach().clone()
+    f = _volume_terms_probe(mesh0, fp, seed=1)
+    pts.requires_grad_(wrt in ("both", "points"))
+    d.requires_grad_(wrt in ("both", "diffusivity"))
+    # eps = 1e-6 µm: central differences are exact to ~1e-12 here (M, J polynomial, K rational
+    # in x; K linear in D), and round-off stays ~1e-16·|f|/eps ≲ 1e-10 < atol.
+    assert torch.autograd.gradcheck(f, (pts, d), eps=1e-6, atol=1e-9, rtol=1e-6)
+
+
+@pytest.mark.parametrize("outputs", [(3, 5), (1,), (0, 4)])
+def test_volume_terms_gradcheck_some_outputs(outputs, monkeypatch):
+    """Backward with gradients for some outputs only (the others None)."""
+    mesh0 = structured_slabs([0.5, 0.5], (0.5, 0.5), h=0.25, jitter=0.15, seed=6)
+    fp = _fresh_pattern(mesh0, 29, monkeypatch)
+    d = torch.tensor(_random_spd(np.random.default_rng(9), 2), requires_grad=True)
+    pts = mesh0.points.detach().clone().requires_grad_(True)
+    f = _volume_terms_probe(mesh0, fp, seed=2)
+    assert torch.autograd.gradcheck(
+        lambda p, dd: f(p, dd, outputs), (pts, d), eps=1e-6, atol=1e-9, rtol=1e-6
+    )
+
+
+def test_volume_terms_float32_matches_float64(monkeypatch):
+    """Values and gradients in float32 agree with float64 to float32 round-off (5e-5 of the
+    largest magnitude: ~1e3 ulp, sums of ~10 terms with cancellation in K)."""
+    mesh = structured_slabs([0.5, 0.5], (0.5, 0.5), h=0.25, jitter=0.15, seed=3)
+    fp = _fresh_pattern(mesh, 17, monkeypatch)
+    d = _random_spd(np.random.default_rng(10), 2)
+    f = _volume_terms_probe(mesh, fp, seed=3)
+    res = {}
+    for dtype in (torch.float32, torch.float64):
+        pts = mesh.points.detach().to(dtype).clone().requires_grad_(True)
+        dd = torch.tensor(d, dtype=dtype, requires_grad=True)
+        from spindoctor_torch.fem.tet_assembly import assemble_volume_terms
+
+        out = assemble_volume_terms(mesh.with_points(pts), dd, fp)
+        assert all(o.dtype == dtype for o in out)
+        gp, gd = torch.autograd.grad(sum(o.sum() for o in out), (pts, dd))
+        assert gp.dtype == dtype and gd.dtype == dtype
+        res[dtype] = [o.detach().double() for o in out] + [gp.double(), gd.double()]
+    for a, b in zip(res[torch.float32], res[torch.float64]):
+        assert float((a - b).abs().max()) <= 5e-5 * float(b.abs().max())
