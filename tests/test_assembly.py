@@ -492,14 +492,13 @@ def test_volume_terms_float32_matches_float64(monkeypatch):
     largest magnitude: ~1e3 ulp, sums of ~10 terms with cancellation in K)."""
     mesh = structured_slabs([0.5, 0.5], (0.5, 0.5), h=0.25, jitter=0.15, seed=3)
     fp = _fresh_pattern(mesh, 17, monkeypatch)
+    from spindoctor_torch.fem.tet_assembly import assemble_volume_terms
+
     d = _random_spd(np.random.default_rng(10), 2)
-    f = _volume_terms_probe(mesh, fp, seed=3)
     res = {}
     for dtype in (torch.float32, torch.float64):
         pts = mesh.points.detach().to(dtype).clone().requires_grad_(True)
         dd = torch.tensor(d, dtype=dtype, requires_grad=True)
-        from spindoctor_torch.fem.tet_assembly import assemble_volume_terms
-
         out = assemble_volume_terms(mesh.with_points(pts), dd, fp)
         assert all(o.dtype == dtype for o in out)
         gp, gd = torch.autograd.grad(sum(o.sum() for o in out), (pts, dd))
