@@ -437,7 +437,9 @@ class _Reduced:
     def grouped_operator(self, mats: torch.Tensor, qf: torch.Tensor) -> GroupedOperator:
         """The derivative-free operator of the same columns with the per-direction
         matrices ``mats`` = A(u_g) (G, k, k) (see :meth:`direction_matrices`)."""
-        return GroupedOperator(self.sigma, mats, qf, None if self.E_negligible else self.E)
+        return GroupedOperator(
+            self.sigma, mats, qf.to(self.sigma), None if self.E_negligible else self.E
+        )
 
     def direction_matrices(self, dirs: torch.Tensor) -> torch.Tensor:
         """A(u_g) = Σ_d u_gd A_d, (G, k, k), without derivative."""
