@@ -88,15 +88,15 @@ def facet_mass_values(model: Model, fp: FEMPattern, areas: torch.Tensor) -> torc
     """Values of Q: κ-weighted facet mass on walls, coupled facet mass on interfaces."""
     mesh = model.mesh
     fb = mesh.facet_boundary
-    kappa = model.boundary_kappa[fb]  # (F,)
+    kappa = model.boundary_kappa.index_select(0, fb)  # (F,)
     fm = triangle_mass(areas)  # (F, 3, 3)
-    bc = mesh.boundary_compartments[fb]  # (F, 2)
+    bc = mesh.boundary_compartments.index_select(0, fb)  # (F, 2)
     rho = model.density
     i, j = bc[:, 0], bc[:, 1]
     inter = j >= 0
     if model.coupling == "weighted":
-        rho_i = rho[i]
-        rho_j = torch.where(inter, rho[j.clamp_min(0)], rho_i)
+        rho_i = rho.index_select(0, i)
+        rho_j = torch.where(inter, rho.index_select(0, j.clamp_min(0)), rho_i)
         denom = rho_i + rho_j
         safe = torch.where(denom > 0, denom, torch.ones_like(denom))
         c_ij = torch.where(denom > 0, 2.0 * rho_i / safe, torch.ones_like(denom))
@@ -110,10 +110,9 @@ def facet_mass_values(model: Model, fp: FEMPattern, areas: torch.Tensor) -> torc
     k_jj = torch.where(inter, kappa * c_ij, torch.zeros_like(kappa))
     w = torch.stack([k_ii, k_ij, k_ji, k_jj], dim=1).reshape(-1, 2, 2)  # (F, row side, col side)
     entries = w[:, :, :, None, None] * fm[:, None, None, :, :]  # (F, 2, 2, 3, 3)
-    fmap = fp.facet_map
-    valid = fmap >= 0
+    present = entries.reshape(-1).index_select(0, fp.facet_entries)
     out = torch.zeros(fp.pattern.nnz, dtype=entries.dtype, device=entries.device)
-    return out.index_add(0, fmap[valid], entries[valid])
+    return out.index_add(0, fp.facet_targets, present)
 
 
 def _boundary_vectors(model: Model, fp: FEMPattern, area_vectors: torch.Tensor) -> torch.Tensor:
@@ -162,7 +161,7 @@ def assemble(model: Model) -> FEMatrices:
     K = SparseMatrix(fp.pattern, k)
     J = tuple(SparseMatrix(fp.pattern, j) for j in (jx, jy, jz))
     inv_t2 = 1.0 / model.relaxation  # 0 for T2 = inf
-    R = SparseMatrix(fp.pattern, M.values * inv_t2[fp.dof_compartment[fp.pattern.rows]])
+    R = SparseMatrix(fp.pattern, M.values * inv_t2.index_select(0, fp.row_compartment))
     area_vec = mesh.facet_area_vectors()
     areas = torch.linalg.vector_norm(area_vec, dim=1)
     Q = SparseMatrix(fp.pattern, facet_mass_values(model, fp, areas))

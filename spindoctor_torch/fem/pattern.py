@@ -53,6 +53,9 @@ class FEMPattern:
     facet_map : (nfacet, 2, 2, 3, 3) position of the entry coupling facet vertex k on side s
         with facet vertex l on side t (``facet_map[f, s, t, k, l]``); -1 where side 1 does
         not exist (outer walls)
+    facet_entries, facet_targets : the flat indices into ``facet_map`` of its existing
+        entries (≥ 0) and their positions (``facet_map.reshape(-1)[facet_entries]``)
+    row_compartment : (nnz,) compartment of the row dof of every pattern entry
     tet_dofs : (ntet, 4) dofs of each tet; facet_dofs : (nfacet, 2, 3), -1 for missing side
     dof_compartment : (ndof,), dof_node : (ndof,)
     """
@@ -66,6 +69,9 @@ class FEMPattern:
     upper_nodes: torch.Tensor
     upper_diag: torch.Tensor
     facet_map: torch.Tensor
+    facet_entries: torch.Tensor
+    facet_targets: torch.Tensor
+    row_compartment: torch.Tensor
     tet_dofs: torch.Tensor
     facet_dofs: torch.Tensor
     dof_compartment: torch.Tensor
@@ -130,8 +136,11 @@ def _build(topology) -> dict[str, np.ndarray]:
             valid = (fd[:, s, 0] >= 0) & (fd[:, t, 0] >= 0)
             k = fd[valid, s, :, None] * n + fd[valid, t, None, :]
             facet_map[valid, s, t] = np.searchsorted(full_keys, k.reshape(-1)).reshape(-1, 3, 3)
+    rows = full_keys // n
+    facet_flat = facet_map.reshape(-1)
+    facet_entries = np.flatnonzero(facet_flat >= 0)
     return {
-        "rows": full_keys // n,
+        "rows": rows,
         "cols": full_keys % n,
         "nupper": nupper,
         "upper_map": upper_map,
@@ -140,6 +149,9 @@ def _build(topology) -> dict[str, np.ndarray]:
         "upper_diag": upper_diag,
         "tet_nodes": np.ascontiguousarray(topology.tets_array.T).astype(node_dtype, copy=False),
         "facet_map": facet_map,
+        "facet_entries": facet_entries,
+        "facet_targets": facet_flat[facet_entries],
+        "row_compartment": topology.dof_compartment[rows],
     }
 
 
@@ -187,6 +199,9 @@ def fem_pattern(mesh) -> FEMPattern:
             upper_nodes=t(a["upper_nodes"]),
             upper_diag=t(a["upper_diag"]),
             facet_map=t(a["facet_map"]),
+            facet_entries=t(a["facet_entries"]),
+            facet_targets=t(a["facet_targets"]),
+            row_compartment=t(a["row_compartment"]),
             tet_dofs=t(topo.tet_dofs),
             facet_dofs=t(topo.facet_dofs),
             dof_compartment=t(topo.dof_compartment),

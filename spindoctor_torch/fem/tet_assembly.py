@@ -91,10 +91,12 @@ def _apply_d(v: torch.Tensor, d_tet: torch.Tensor) -> torch.Tensor:
 
 
 def _d_times(v: torch.Tensor, d_iso, dsym, comp) -> torch.Tensor:
-    """D_s v for the compartments ``comp`` of the block's tets."""
+    """D_s v for the compartments ``comp`` of the block's tets. (Per-tet gathers use
+    ``index_select``: advanced indexing starts an OpenMP region even for a few elements,
+    which costs milliseconds per call when the other core is busy.)"""
     if d_iso is None:
-        return _apply_d(v, dsym[comp])
-    return v * d_iso[comp]
+        return _apply_d(v, dsym.index_select(0, comp))
+    return v * d_iso.index_select(0, comp)
 
 
 class _VolumeTerms(torch.autograd.Function):
@@ -216,7 +218,7 @@ class _VolumeTerms(torch.autograd.Function):
                         g_v.addcmul_(sums[1 + d], svec[d])
                         g_x_direct[d] = sums[1 + d] * g.vol
             if has_vol:
-                g_v += g_vol[comp]
+                g_v += g_vol.index_select(0, comp)
             g_det = g_v / 6.0
             g_c = None
             if has_k:
