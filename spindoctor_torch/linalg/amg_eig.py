@@ -273,11 +273,11 @@ class BlockAMG:
         theta, delta = lv.theta, lv.delta
         s1 = theta / delta
         rho = 1.0 / s1
-        r = b.copy()
-        d = r * (1.0 / theta)
-        y = d.copy()
+        r = b
+        d = np.multiply(b, 1.0 / theta, order="C")  # C order: ravel() below must be a view
+        y = d.copy(order="C")
         for k in range(1, self.degree + (1 if need_residual else 0)):
-            r -= lv.C @ d
+            r = r - lv.C @ d if k == 1 else np.subtract(r, lv.C @ d, out=r)
             if k == self.degree:
                 break
             rho_new = 1.0 / (2.0 * s1 - rho)
@@ -309,7 +309,7 @@ class BlockAMG:
         """One V-cycle ``≈ C_level⁻¹ R`` on a block (n_level, m) in the internal (RCM)
         numbering (no checks; float64 out)."""
         dis = self.levels[level].dis
-        out = self._cycle(level, dis * np.asarray(R, dtype=self.dtype))
+        out = self._cycle(level, dis * np.ascontiguousarray(R, dtype=self.dtype))
         out *= dis
         return out.astype(np.float64, copy=False)
 
@@ -354,6 +354,24 @@ class _Pencil:
 
     def __init__(self, A, B, prec):
         self.A, self.B, self.prec = A, B, prec
+
+
+def _combine(blocks, coefs, rows) -> list[np.ndarray]:
+    """``[Σ_b blocks[b] @ C[rows[b]] for C in coefs]`` as contiguous (n, ·) arrays, by BLAS
+    gemm accumulating in place (on the transposes, which are Fortran-ordered views)."""
+    gemm = sla.blas.get_blas_funcs("gemm", (blocks[0],))
+    out = []
+    for C in coefs:
+        acc = None
+        for Y, r in zip(blocks, rows):
+            if Y is None or Y.shape[1] == 0:
+                continue
+            if acc is None:
+                acc = gemm(1.0, C[r].T, Y.T)
+            else:
+                acc = gemm(1.0, C[r].T, Y.T, beta=1.0, c=acc, overwrite_c=1)
+        out.append(acc.T)
+    return out
 
 
 def _colnorm(X: np.ndarray) -> np.ndarray:
@@ -412,14 +430,13 @@ def _lobpcg(
     for it in range(maxiter + 1):
         AX, BX = A @ X, B @ X
         st["spmm_cols"] += 2 * X.shape[1]
-        GXA, GXB = X.T @ AX, X.T @ BX
         if it == 0:  # Rayleigh-Ritz on the start block
+            GXA, GXB = X.T @ AX, X.T @ BX
             try:
                 lam, C = sla.eigh(0.5 * (GXA + GXA.T), 0.5 * (GXB + GXB.T), check_finite=False)
             except np.linalg.LinAlgError as err:
                 raise SolverError("the initial block is (numerically) rank deficient") from err
             X, AX, BX = X @ C, AX @ C, BX @ C
-            GXA, GXB = np.diag(lam), np.eye(m)
         nl = lam_l.size
         lam_all = np.sort(np.concatenate([lam_l, lam]))
         top = float(lam_all[nev - 1])
@@ -446,7 +463,6 @@ def _lobpcg(
                 Rr[:, keep],
                 rel[keep],
             )
-            GXA, GXB = GXA[np.ix_(keep, keep)], GXB[np.ix_(keep, keep)]
             wanted = wanted[keep]
         act = np.where(wanted, rel > tol, rel > guard_tol)
         mx = X.shape[1]
@@ -464,7 +480,7 @@ def _lobpcg(
         sw, sp_ = slice(mx, mx + mw), slice(mx + mw, k)
         GA = np.zeros((k, k))
         GB = np.eye(k)
-        GA[:mx, :mx], GB[:mx, :mx] = GXA, GXB
+        GA[:mx, :mx] = np.diag(lam)  # X: B-orthonormal Ritz vectors (by construction)
         GA[:mx, sw], GB[:mx, sw] = AX.T @ W, BX.T @ W
         GA[sw, sw], GB[sw, sw] = W.T @ AW, W.T @ BW
         if mp:
@@ -488,12 +504,7 @@ def _lobpcg(
         Q = Q @ _orthonormalizer(Q.T @ GB @ Q, 1e-16)
         GPP = Q.T @ GA @ Q
         GPP = 0.5 * (GPP + GPP.T)
-        F = np.hstack([Cx, Q])
-        T = X @ F[:mx]
-        T += W @ F[sw]
-        if mp:
-            T += P @ F[sp_]
-        X, P = np.ascontiguousarray(T[:, :mx]), np.ascontiguousarray(T[:, mx:])
+        X, P = _combine((X, W, P), (Cx, Q), (slice(0, mx), sw, sp_))
         st["iterations"] = it + 1
         if log is not None:
             st.setdefault("trace", []).append((time.perf_counter(), mx, mw, mp, nl))
