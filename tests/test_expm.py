@@ -142,6 +142,11 @@ def test_grouped_operator_refuses_gradients_and_bad_shapes():
     op = GroupedOperator(diag, M[:2], torch.ones(2, 3, dtype=torch.float64))
     with pytest.raises(ValueError, match="no derivative"):
         expmv_chebyshev(op, v.clone().requires_grad_(True), 1.0, 0.0, 60.0, 5.0)
+    op = GroupedOperator(
+        diag, M[:2].clone().requires_grad_(True), torch.ones(2, 3, dtype=torch.float64)
+    )
+    with pytest.raises(ValueError, match="no derivative"):
+        expmv_chebyshev(op, v, 1.0, 0.0, 60.0, 5.0)
     with pytest.raises(ValueError, match="complex"):
         expmv_chebyshev(ColumnOperator(diag, M, c), v.real, 1.0, 0.0, 60.0, 5.0)
     with pytest.raises(ValueError, match="coefs"):

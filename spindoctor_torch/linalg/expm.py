@@ -403,10 +403,10 @@ class GroupedOperator:
             )
         if shared is not None and (shared.shape != (k, k) or shared.is_complex()):
             raise ValueError(f"shared must be a real ({k}, {k}) tensor, got {tuple(shared.shape)}")
-        self.diag = diag.detach()
-        self.mats = mats.detach()
-        self.scales = scales.detach()
-        self.shared = None if shared is None else shared.detach()
+        self.diag = diag
+        self.mats = mats
+        self.scales = scales
+        self.shared = shared
         self._buf: torch.Tensor | None = None
 
     @property
@@ -417,7 +417,10 @@ class GroupedOperator:
     def ncol(self) -> int:
         return int(self.scales.numel())
 
-    requires_grad = False
+    @property
+    def requires_grad(self) -> bool:
+        ts = (self.diag, self.mats, self.scales, self.shared)
+        return any(t is not None and t.requires_grad for t in ts)
 
     def shifted(self, shift: float, scale: float) -> GroupedOperator:
         """``scale·(K − shift·I)``, sharing the group matrices (the scales are scaled)."""
