@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from spindoctor_torch.linalg import expm
 from spindoctor_torch.linalg.expm import ColumnOperator, GroupedOperator, expmv_chebyshev
 
 K, N = 14, 6
@@ -102,6 +103,22 @@ def test_expmv_grouped_operator_matches_matrix_exp():
     assert float((y - ref).abs().max() / v.abs().max()) < 1e-11
     y2 = expmv_chebyshev(ColumnOperator(diag, M, cc), v, tau, lo, hi, imag, tol=1e-12)
     assert float((y - y2).abs().max() / v.abs().max()) < 1e-12
+
+
+def test_grouped_series_in_cache_blocks_equals_one_block(monkeypatch):
+    """The in-place series runs block of groups by block (cache blocking): one group per
+    block gives the same numbers as all groups at once (same operations per column)."""
+    diag, M, c, v = _factors(8)
+    g = torch.Generator().manual_seed(9)
+    G, m = 3, 2
+    u = torch.nn.functional.normalize(torch.randn(G, 3, generator=g, dtype=torch.float64), dim=1)
+    Mg = torch.einsum("gd,dkl->gkl", u, M)
+    q = torch.rand(G, m, generator=g, dtype=torch.float64)
+    y1 = expmv_chebyshev(GroupedOperator(diag, Mg, q), v, 0.5, 0.0, 60.0, 20.0)
+    monkeypatch.setattr(expm, "_CACHE_BLOCK_BYTES", 1)
+    assert len(GroupedOperator(diag, Mg, q).cache_blocks()) == G
+    y2 = expmv_chebyshev(GroupedOperator(diag, Mg, q), v, 0.5, 0.0, 60.0, 20.0)
+    torch.testing.assert_close(y2, y1, rtol=0, atol=1e-14)
 
 
 def test_expmv_column_operator_gradients_match_matrix_exp():

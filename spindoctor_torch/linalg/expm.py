@@ -51,6 +51,8 @@ __all__ = [
     "diag_matrix_function",
 ]
 
+_CACHE_BLOCK_BYTES = 4 * 2**20  # group matrices per in-place series block (GroupedOperator)
+
 
 def _ellipse_rho(d: float, h: float) -> float:
     """Smallest ρ > 1 whose Bernstein ellipse (foci ±d) contains the rectangle [−d, d]×[−h, h]."""
@@ -202,6 +204,11 @@ class ColumnOperator:
 
     def from_internal(self, x: torch.Tensor) -> torch.Tensor:
         return x
+
+    def cache_blocks(self) -> list[tuple[ColumnOperator, slice]]:
+        """Column blocks for :func:`expmv_chebyshev`'s in-place series: all columns at once
+        (the stacked product is compute-bound; smaller blocks measured no faster)."""
+        return [(self, slice(None))]
 
     def _check(self, x: torch.Tensor) -> None:
         if x.ndim != 2 or x.shape != (self.size, self.ncol) or not x.is_complex():
@@ -368,8 +375,8 @@ class GroupedOperator:
     Only the in-place, derivative-free product :meth:`matvec_` is provided; it works on an
     internal real layout (G, 2, m, k) (real and imaginary parts as separate rows), where the
     products with the M_g are one batched ``(2m × k)·(k × k)`` product per group: a third of
-    the arithmetic of the three stacked products of :class:`ColumnOperator`, and the fastest
-    layout measured here for m ≳ 4 columns per group (k = 300, 100 groups of 20 real rows).
+    the arithmetic of the three stacked products of :class:`ColumnOperator`, and the faster
+    layout measured here from m = 4 columns per group on (k = 300, 100 groups).
     Use :class:`ColumnOperator` when a derivative is needed or when groups have few columns.
 
     Parameters
@@ -436,6 +443,24 @@ class GroupedOperator:
         G, m = self.scales.shape
         vr = torch.view_as_real(v.resolve_conj()).reshape(self.size, G, m, 2)
         return vr.permute(1, 3, 2, 0).contiguous()
+
+    def cache_blocks(self) -> list[tuple[GroupedOperator, slice]]:
+        """Blocks of groups whose matrices take ≤ 4 MiB, for :func:`expmv_chebyshev`'s
+        in-place series: a block runs through all terms while its M_g stay in cache (the
+        batched product with few rows per group is bound by streaming the M_g; measured 1.5x
+        faster than all groups at once, k = 300, 100 groups of 20 rows, 1 thread)."""
+        G = self.mats.shape[0]
+        per = max(1, _CACHE_BLOCK_BYTES // (self.size**2 * self.mats.element_size()))
+        shared = self.shared
+        return [
+            (
+                GroupedOperator(
+                    self.diag, self.mats[g : g + per], self.scales[g : g + per], shared
+                ),
+                slice(g, g + per),
+            )
+            for g in range(0, G, per)
+        ]
 
     def from_internal(self, x: torch.Tensor) -> torch.Tensor:
         """(G, 2, m, k) real → (k, G·m) complex (a new tensor)."""
@@ -549,17 +574,24 @@ def _chebyshev_inplace(
     op2: ColumnOperator | GroupedOperator, v: torch.Tensor, a: np.ndarray
 ) -> torch.Tensor:
     """Σ a_j T_j(B) v with ``op2`` = 2B, on two rotating buffers (no autograd), in the
-    operator's internal layout."""
+    operator's internal layout, one cache-sized block of columns after the other."""
     with torch.no_grad():
-        t_prev = op2.to_internal(v)
-        y = t_prev * float(a[0])
-        t_cur = op2.matvec_(t_prev, torch.empty_like(t_prev)).mul_(0.5)
-        y.add_(t_cur, alpha=float(a[1]))
-        for j in range(2, a.size):
-            op2.matvec_(t_cur, t_prev, beta=-1.0)  # t_prev ← 2B t_cur − t_prev
-            t_prev, t_cur = t_cur, t_prev
-            y.add_(t_cur, alpha=float(a[j]))
-    return op2.from_internal(y)
+        x = op2.to_internal(v)
+        for sub, idx in op2.cache_blocks():
+            x[idx] = _chebyshev_recurrence(sub, x[idx], a)
+        return op2.from_internal(x)
+
+
+def _chebyshev_recurrence(op2, t_prev: torch.Tensor, a: np.ndarray) -> torch.Tensor:
+    """The series for one block; ``t_prev`` (the start, internal layout) is overwritten."""
+    y = t_prev * float(a[0])
+    t_cur = op2.matvec_(t_prev, torch.empty_like(t_prev)).mul_(0.5)
+    y.add_(t_cur, alpha=float(a[1]))
+    for j in range(2, a.size):
+        op2.matvec_(t_cur, t_prev, beta=-1.0)  # t_prev ← 2B t_cur − t_prev
+        t_prev, t_cur = t_cur, t_prev
+        y.add_(t_cur, alpha=float(a[j]))
+    return y
 
 
 class _DiagMatrixFunction(torch.autograd.Function):
