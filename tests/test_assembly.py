@@ -389,7 +389,8 @@ def test_pattern_matches_plain_construction():
     a, b = td[:, pk].T, td[:, pl].T
     um = fp.upper_map.numpy().reshape(10, -1)
     assert np.array_equal(upper_keys[um], np.minimum(a, b) * n + np.maximum(a, b))
-    assert np.array_equal(fp.upper_diag.numpy(), rows[up] == cols[up])
+    un = fp.upper_nodes.numpy()
+    assert np.array_equal(un, topo.dof_node[np.stack([rows[up], cols[up]])])
 
 
 @pytest.mark.parametrize("dkind", ["isotropic", "anisotropic"])

@@ -48,7 +48,6 @@ class FEMPattern:
     upper_to_full : (nnz,) upper-triangle position of every full-pattern entry (of (i, j)
         for i ≤ j, of (j, i) otherwise)
     upper_nodes : (2, nupper) mesh nodes of the row and column dof of each upper entry
-    upper_diag : (nupper,) bool, True for the diagonal entries
     All index maps are int32 when the sizes allow, else int64.
     facet_map : (nfacet, 2, 2, 3, 3) position of the entry coupling facet vertex k on side s
         with facet vertex l on side t (``facet_map[f, s, t, k, l]``); -1 where side 1 does
@@ -67,7 +66,6 @@ class FEMPattern:
     tet_nodes: torch.Tensor
     upper_to_full: torch.Tensor
     upper_nodes: torch.Tensor
-    upper_diag: torch.Tensor
     facet_map: torch.Tensor
     facet_entries: torch.Tensor
     facet_targets: torch.Tensor
@@ -121,8 +119,7 @@ def _build(topology) -> dict[str, np.ndarray]:
     node_dtype = _index_dtype(topology.npoint)
     upper_nodes = np.stack([topology.dof_node[rows_u], topology.dof_node[cols_u]])
     upper_nodes = upper_nodes.astype(node_dtype, copy=False)
-    upper_diag = rows_u == cols_u
-    strict = np.flatnonzero(~upper_diag)
+    strict = np.flatnonzero(rows_u != cols_u)
     full_keys = np.concatenate([ukeys, cols_u[strict] * n + rows_u[strict]])
     order = np.argsort(full_keys, kind="stable")
     full_keys = full_keys[order]
@@ -146,7 +143,6 @@ def _build(topology) -> dict[str, np.ndarray]:
         "upper_map": upper_map,
         "upper_to_full": source.astype(_index_dtype(max(nupper, nnz)), copy=False),
         "upper_nodes": upper_nodes,
-        "upper_diag": upper_diag,
         "tet_nodes": np.ascontiguousarray(topology.tets_array.T).astype(node_dtype, copy=False),
         "facet_map": facet_map,
         "facet_entries": facet_entries,
@@ -197,7 +193,6 @@ def fem_pattern(mesh) -> FEMPattern:
             tet_nodes=t(_blocked(a["tet_nodes"], block)),
             upper_to_full=t(a["upper_to_full"]),
             upper_nodes=t(a["upper_nodes"]),
-            upper_diag=t(a["upper_diag"]),
             facet_map=t(a["facet_map"]),
             facet_entries=t(a["facet_entries"]),
             facet_targets=t(a["facet_targets"]),

@@ -56,6 +56,24 @@ def _cross(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     )
 
 
+_P = (2.0, 2.0, 2.0, 2.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0)  # 1 + δ_kl of the 10 pairs
+_PAIR_WEIGHTS: dict = {}
+
+
+def _pair_weights(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(10,) tensor of _P."""
+    key = (dtype, device)
+    w = _PAIR_WEIGHTS.get(key)
+    if w is None:
+        w = _PAIR_WEIGHTS[key] = torch.tensor(_P, dtype=dtype, device=device)
+    return w
+
+
+def _node_sums(coord: torch.Tensor, fp) -> torch.Tensor:
+    """(nupper,) x_i + x_j of one coordinate ``coord`` (npoint,) over the upper entries."""
+    return coord.index_select(0, fp.upper_nodes[0]).add_(coord.index_select(0, fp.upper_nodes[1]))
+
+
 def _isotropic(d: torch.Tensor) -> torch.Tensor | None:
     """(ncompartment,) scalars d_c if every D_c equals d_c·I exactly, else None."""
     scal = d[:, 0, 0]
@@ -111,21 +129,21 @@ class _VolumeTerms(torch.autograd.Function):
         dsym = 0.5 * (diffusivity + diffusivity.transpose(1, 2))
         d_iso = _isotropic(dsym)
         points_t = points.T.contiguous()
-        upper = torch.zeros(5, fp.nupper, dtype=dtype, device=dev)
+        upper = [torch.zeros(fp.nupper, dtype=dtype, device=dev) for _ in range(5)]
         vol = torch.zeros(diffusivity.shape[0], dtype=dtype, device=dev)
         for s in range(0, ntet, blk):
             e = min(s + blk, ntet)
             b = e - s
             comp = tet_compartment[s:e]
             g = _Block(points_t, fp, s, e)
-            # Per-tet V and V·S^d, one value for all 10 entries of the tet.
+            # Per-tet V and V·S^d, one value for all 10 entries of the tet, times P.
             tab = torch.empty(4, b, dtype=dtype, device=dev)
             tab[0] = g.vol
             torch.mul(g.x.sum(1), g.vol, out=tab[1:])
             idx = g.idx.view(10, b)
             for row, ch in zip((_A0, _AX, _AX + 1, _AX + 2), tab):
                 for p in range(10):  # (cheaper than expanding the source to 10 copies)
-                    upper[row].index_add_(0, idx[p], ch)
+                    upper[row].index_add_(0, idx[p], ch, alpha=_P[p])
             # Stiffness from the Gram matrix of the cofactors.
             dc = _d_times(g.c, d_iso, dsym, comp)
             gd = (g.c * dc).sum(0)  # G_11, G_22, G_33
@@ -139,16 +157,15 @@ class _VolumeTerms(torch.autograd.Function):
             k /= 6.0 * g.det
             upper[_K].index_add_(0, g.idx, k.view(-1))
             vol.index_add_(0, comp, g.vol)
-        a0 = upper[_A0].clone()
-        weight = fp.upper_diag.to(dtype) + 1.0  # P
-        pn = points.index_select(0, fp.upper_nodes[0]) + points.index_select(0, fp.upper_nodes[1])
-        upper[_AX:] += pn.T * a0
-        upper[_AX:] *= weight / 120.0
-        upper[_A0] *= weight / 20.0
+        # M = A0/20 and J^d = (A_d + (x_i^d + x_j^d) A0)/120, A0 and A_d already carrying P.
+        a0 = upper[_A0]
+        for d in range(3):
+            upper[_AX + d].addcmul_(_node_sums(points_t[d], fp), a0).mul_(1.0 / 120.0)
+        full = [u.index_select(0, fp.upper_to_full) for u in upper]
+        full[_A0].mul_(1.0 / 20.0)
         ctx.fp, ctx.d_iso, ctx.a0 = fp, d_iso, a0
         ctx.save_for_backward(points, dsym, tet_compartment)
         ctx.set_materialize_grads(False)
-        full = [upper[ch].index_select(0, fp.upper_to_full) for ch in range(5)]
         return (*full, vol)
 
     @staticmethod
@@ -170,20 +187,18 @@ class _VolumeTerms(torch.autograd.Function):
         points_t = points.T.contiguous()
         grad_pt = torch.zeros_like(points_t) if need_p else None
         gu_k = fold(g_k) if (need_p or need_d) else None
-        # Gradients of A0 and A_d (upper entries) and the direct dependence of J on x_i, x_j.
+        # Gradients of A0 and A_d (upper entries, with P) and the direct dependence of J on
+        # the nodes x_i, x_j of each entry.
         g_a = [None] * 4
         if need_p and not all(g is None for g in (g_m, g_jx, g_jy, g_jz)):
-            weight = fp.upper_diag.to(dtype) + 1.0
-            g_a0 = fold(g_m) * (weight / 20.0) if g_m is not None else None
-            pn = points.index_select(0, fp.upper_nodes[0]) + points.index_select(
-                0, fp.upper_nodes[1]
-            )
+            g_a0 = fold(g_m).mul_(1.0 / 20.0) if g_m is not None else None
             for d, g in enumerate((g_jx, g_jy, g_jz)):
                 if g is None:
                     continue
-                gj = fold(g) * (weight / 120.0)
+                gj = fold(g).mul_(1.0 / 120.0)
                 g_a[1 + d] = gj
-                g_a0 = gj * pn[:, d] if g_a0 is None else g_a0.addcmul_(gj, pn[:, d])
+                pn = _node_sums(points_t[d], fp)
+                g_a0 = gj * pn if g_a0 is None else g_a0.addcmul_(gj, pn)
                 direct = gj * a0
                 grad_pt[d].index_add_(0, fp.upper_nodes[0], direct)
                 grad_pt[d].index_add_(0, fp.upper_nodes[1], direct)
@@ -205,9 +220,9 @@ class _VolumeTerms(torch.autograd.Function):
             g_v = torch.zeros(b, dtype=dtype, device=dev)
             g_x_direct = None  # (3, B), the same for the 4 vertices
             if has_a:
+                pw = _pair_weights(dtype, dev)
                 sums = [
-                    None if ga is None else ga.index_select(0, g.idx).view(10, b).sum(0)
-                    for ga in g_a
+                    None if ga is None else pw @ ga.index_select(0, g.idx).view(10, b) for ga in g_a
                 ]
                 if sums[0] is not None:
                     g_v += sums[0]
