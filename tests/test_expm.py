@@ -116,7 +116,7 @@ def test_grouped_series_in_cache_blocks_equals_one_block(monkeypatch):
     q = torch.rand(G, m, generator=g, dtype=torch.float64)
     y1 = expmv_chebyshev(GroupedOperator(diag, Mg, q), v, 0.5, 0.0, 60.0, 20.0)
     monkeypatch.setattr(expm, "_CACHE_BLOCK_BYTES", 1)
-    assert len(GroupedOperator(diag, Mg, q).cache_blocks()) == G
+    assert len(GroupedOperator(diag, Mg, q).cache_blocks()) > 1
     y2 = expmv_chebyshev(GroupedOperator(diag, Mg, q), v, 0.5, 0.0, 60.0, 20.0)
     torch.testing.assert_close(y2, y1, rtol=0, atol=1e-14)
 
