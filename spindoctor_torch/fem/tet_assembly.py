@@ -5,7 +5,7 @@ Every tet matrix is symmetric, so values are accumulated on the *upper triangle*
 pattern (10 entries per tet, pairs p = (k, l), k ≤ l, of
 :data:`~spindoctor_torch.fem.elements.TET_PAIRS`) and expanded to the full pattern with one
 gather. Tets are processed in blocks of ``fp.tet_block`` so that the per-block temporaries
-((B,) to (3, 3, 3, B) arrays) stay in cache and the memory above the outputs is O(block).
+((B,) to (10, B) arrays) stay in cache and the memory above the outputs is O(block).
 
 Notation (per tet; coordinates first, X[d, m] = x_m^d): edges e_k = x_k − x_0 (k = 1..3),
 cofactors c_k = e_{k+1} × e_{k+2} (edge indices mod 3: c_1 = e_2×e_3, c_2 = e_3×e_1,
@@ -18,17 +18,18 @@ c_3 = e_1×e_2), c_0 = −Σc_k, det = e_1·c_1 = 6V, ∇λ_k = c_k/det, S^d = �
   holds, and its gradient with respect to D is then symmetric.) Isotropic compartments
   (D = d·I, the common case) take a fast path G_ij = d c_i·c_j; same function, fewer products.
 * Mass and first moments do not need per-entry element values: for the upper entry (i, j)
-  (mesh nodes x_i, x_j; P = 2 on the diagonal, 1 elsewhere) summing
+  (mesh nodes x_i, x_j; P = 1 + δ_kl = 2 on the diagonal, 1 elsewhere) summing
   M_e = V P/20 and J_e^d = V P/120 (S^d + x_k^d + x_l^d) over the tets that hold it gives
-  M = P/20 · A0,  J^d = P/120 · (A_d + (x_i^d + x_j^d) A0),
-  with A0 = Σ_t V_t and A_d = Σ_t V_t S_t^d: only these per-tet values are scattered.
+  M = A0/20,  J^d = (A_d + (x_i^d + x_j^d) A0)/120,
+  with A0 = P Σ_t V_t and A_d = P Σ_t V_t S_t^d: only these per-tet values are scattered
+  (P as ``index_add``'s alpha).
 
 Backward, from the upstream gradients g of the full-pattern values (folded onto the upper
 entries: an entry and its transpose summed) and g_vol of the compartment volumes:
 
-* ∂A0 = P/20 g_M + Σ_d P/120 (x_i^d + x_j^d) g_J^d,  ∂A_d = P/120 g_J^d,
-  ∂x_i^d = ∂x_j^d += P/120 A0 g_J^d (per upper entry);
-  per tet, with a0 = Σ_p ∂A0[p], a_d = Σ_p ∂A_d[p] over its 10 entries:
+* ∂A0 = g_M/20 + Σ_d (x_i^d + x_j^d) g_J^d/120,  ∂A_d = g_J^d/120,
+  ∂x_i^d = ∂x_j^d += A0 g_J^d/120 (per upper entry);
+  per tet, with a0 = Σ_p P_p ∂A0[p], a_d = Σ_p P_p ∂A_d[p] over its 10 entries:
   ∂V = a0 + Σ_d a_d S^d + g_vol[compartment],  ∂x_m^d += V a_d.
 * Stiffness: g_K of the 10 entries reduced to the 3×3 symmetric H (c_0 = −Σc_k eliminated):
   t_i = g_00 − g_0i, H_ii = 2(g_ii + t_i), H_ij = g_ij + t_i + t_j; then
@@ -46,7 +47,7 @@ from torch.autograd.function import once_differentiable
 
 __all__ = ["assemble_volume_terms"]
 
-_A0, _K, _AX = 0, 1, 2  # rows of the upper-entry buffer: A0, K, A_x, A_y, A_z
+_A0, _K, _AX = 0, 1, 2  # upper-entry accumulators, in order: A0, K, A_x, A_y, A_z
 
 
 def _cross(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
