@@ -145,8 +145,8 @@ class _VolumeTerms(torch.autograd.Function):
             for row, ch in zip((_A0, _AX, _AX + 1, _AX + 2), tab):
                 for p in range(10):  # (cheaper than expanding the source to 10 copies)
                     upper[row].index_add_(0, idx[p], ch, alpha=_P[p])
-            # Stiffness from the Gram matrix of the cofactors.
-            dc = _d_times(g.c, d_iso, dsym, comp)
+            # Stiffness from the Gram matrix of the cofactors (isotropic: d applied last).
+            dc = g.c if d_iso is not None else _d_times(g.c, d_iso, dsym, comp)
             gd = (g.c * dc).sum(0)  # G_11, G_22, G_33
             go = (g.c * dc.roll(-1, 1)).sum(0)  # G_12, G_23, G_31
             r = gd + go + go.roll(1, 0)  # row sums r_j
@@ -155,7 +155,10 @@ class _VolumeTerms(torch.autograd.Function):
             k[1:4] = gd
             torch.neg(r, out=k[4:7])
             k[7], k[8], k[9] = go[0], go[2], go[1]
-            k /= 6.0 * g.det
+            if d_iso is None:
+                k /= 6.0 * g.det
+            else:
+                k *= d_iso.index_select(0, comp) / (6.0 * g.det)
             upper[_K].index_add_(0, g.idx, k.view(-1))
             vol.index_add_(0, comp, g.vol)
         # M = A0/20 and J^d = (A_d + (x_i^d + x_j^d) A0)/120, A0 and A_d already carrying P.
