@@ -48,7 +48,6 @@ class FEMPattern:
     upper_to_full : (nnz,) upper-triangle position of every full-pattern entry (of (i, j)
         for i ≤ j, of (j, i) otherwise)
     upper_nodes : (2, nupper) mesh nodes of the row and column dof of each upper entry
-    All index maps are int32 when the sizes allow, else int64.
     facet_map : (nfacet, 2, 2, 3, 3) position of the entry coupling facet vertex k on side s
         with facet vertex l on side t (``facet_map[f, s, t, k, l]``); -1 where side 1 does
         not exist (outer walls)
@@ -57,6 +56,9 @@ class FEMPattern:
     row_compartment : (nnz,) compartment of the row dof of every pattern entry
     tet_dofs : (ntet, 4) dofs of each tet; facet_dofs : (nfacet, 2, 3), -1 for missing side
     dof_compartment : (ndof,), dof_node : (ndof,)
+
+    ``upper_map``, ``tet_nodes``, ``upper_to_full`` and ``upper_nodes`` are int32 when the
+    sizes allow (half the memory traffic of the gathers and scatters), else int64.
     """
 
     pattern: SparsePattern
