@@ -101,15 +101,34 @@ def _lanczos_max(M: sp.csr_matrix, dinv_sqrt: np.ndarray, steps: int = 20) -> fl
     return float(np.linalg.eigvalsh(T)[-1])
 
 
+def _spmm_add(M: sp.csr_matrix, X: np.ndarray, Y: np.ndarray) -> None:
+    """``Y += M @ X`` in place (C-ordered blocks of M's dtype), without the temporary and
+    the zero-filled output SciPy's ``M @ X`` allocates: that allocation and the extra pass
+    cost about as much as the product itself for (n, 60) float32 blocks."""
+    if _csr_matvecs is None:  # pragma: no cover - SciPy without the private kernel
+        Y += M @ X
+        return
+    if not (X.flags.c_contiguous and Y.flags.c_contiguous):
+        raise ValueError("_spmm_add needs C-contiguous blocks")
+    m = X.shape[1]
+    _csr_matvecs(M.shape[0], M.shape[1], m, M.indptr, M.indices, M.data, X.ravel(), Y.ravel())
+
+
+try:  # SciPy's CSR x dense-block kernel (private, stable since SciPy 0.7)
+    from scipy.sparse._sparsetools import csr_matvecs as _csr_matvecs
+except ImportError:  # pragma: no cover
+    _csr_matvecs = None
+
+
 # ----------------------------------------------------------------------------------- BlockAMG
 class _Level:
     """One level of the hierarchy (internal, RCM order): matrices and smoother data."""
 
-    __slots__ = ("A", "B", "P", "R", "C", "Ph", "Rh", "dis", "theta", "delta")
+    __slots__ = ("A", "B", "P", "R", "C", "Cneg", "Ph", "Rh", "dis", "theta", "delta")
 
     def __init__(self, A, B, P, R):
         self.A, self.B, self.P, self.R = A, B, P, R
-        self.C = self.Ph = self.Rh = self.dis = None  # scaled operators, set by set_shift
+        self.C = self.Cneg = self.Ph = self.Rh = self.dis = None  # scaled, set by set_shift
         self.theta = self.delta = 0.0
 
 
@@ -211,6 +230,7 @@ class BlockAMG:
             Bl = (R @ Bl @ P).tocsr()
         self.levels.append(_Level(Al, Bl, None, None))
         self.sizes = [lv.A.shape[0] for lv in self.levels]
+        self._buffers: dict[int, np.ndarray] = {}
         self.sigma = math.nan
         self.set_shift(sigma)
         self.setup_time = time.perf_counter() - t0
@@ -253,6 +273,8 @@ class BlockAMG:
                 lv.Ph = Ph.astype(dt)
                 lv.Rh = sp.csr_matrix(Ph.T).astype(dt)
             lv.C = Ch.astype(dt)
+            lv.Cneg = (-Ch).astype(dt)
+            lv.Cneg.sort_indices()
             dis_next = dis
         self.sigma = sigma
 
@@ -263,55 +285,62 @@ class BlockAMG:
         )
 
     # -------------------------------------------------------------------------------- cycle
-    def _smooth(self, lv: _Level, b: np.ndarray, need_residual: bool):
-        """Chebyshev iteration for ``Ĉ y = b`` from ``y = 0``; returns y (and b − Ĉ y).
+    def _work(self, level: int, m: int) -> list[np.ndarray]:
+        """Three reusable (n_level, m) blocks of the cycle's dtype (no page faults per call)."""
+        n = self.sizes[level]
+        buf = self._buffers.get(level)
+        if buf is None or buf.size < 3 * n * m:
+            buf = np.empty(3 * n * m, dtype=self.dtype)
+            self._buffers[level] = buf
+        return [buf[i * n * m : (i + 1) * n * m].reshape(n, m) for i in range(3)]
 
-        In-place updates (BLAS axpy on the flattened blocks) keep this at about five passes
-        over the block per degree besides the sparse product.
+    def _smooth(self, lv: _Level, r: np.ndarray, y: np.ndarray, d: np.ndarray, residual: bool):
+        """Chebyshev iteration for ``Ĉ y = r`` from ``y = 0``, into the work block y (d: work).
+
+        r is overwritten by the residual ``r − Ĉ y`` (completed only when ``residual``).
+        Per degree: one sparse product accumulated in place into r and three BLAS passes.
         """
-        axpy = sla.blas.get_blas_funcs("axpy", (b,))
+        axpy = sla.blas.get_blas_funcs("axpy", (r,))
         theta, delta = lv.theta, lv.delta
         s1 = theta / delta
         rho = 1.0 / s1
-        r = b
-        d = np.multiply(b, 1.0 / theta, order="C")  # C order: ravel() below must be a view
-        y = d.copy(order="C")
-        for k in range(1, self.degree + (1 if need_residual else 0)):
-            r = r - lv.C @ d if k == 1 else np.subtract(r, lv.C @ d, out=r)
+        rf, df, yf = r.reshape(-1), d.reshape(-1), y.reshape(-1)  # views (C-contiguous)
+        np.multiply(r, 1.0 / theta, out=d)
+        y[...] = d
+        for k in range(1, self.degree + (1 if residual else 0)):
+            _spmm_add(lv.Cneg, d, r)  # r ← r − Ĉ d
             if k == self.degree:
                 break
             rho_new = 1.0 / (2.0 * s1 - rho)
             d *= rho_new * rho
-            axpy(r.ravel(), d.ravel(), a=2.0 * rho_new / delta)
-            axpy(d.ravel(), y.ravel())
+            axpy(rf, df, a=2.0 * rho_new / delta)
+            axpy(df, yf)
             rho = rho_new
-        return (y, r) if need_residual else (y, None)
 
     def _cycle(self, level: int, b: np.ndarray) -> np.ndarray:
-        """V-cycle for ``Ĉ_level x = b`` (scaled variables)."""
+        """V-cycle for ``Ĉ_level x = b`` (scaled variables); b is overwritten. The result is a
+        work block of this level (valid until the next cycle at this level)."""
         if level == len(self.levels) - 1:
             x = sla.cho_solve(self._coarse, b.astype(np.float64), check_finite=False)
-            return x.astype(b.dtype, copy=False)
+            return np.ascontiguousarray(x, dtype=b.dtype)
         lv = self.levels[level]
-        x, r = self._smooth(lv, b, need_residual=True)
-        e = lv.Ph @ self._cycle(level + 1, lv.Rh @ r)
-        x += e
-        r = r - lv.C @ e
-        if level > 0 and self.gamma > 1:
-            e = lv.Ph @ self._cycle(level + 1, lv.Rh @ r)
-            x += e
-            r = r - lv.C @ e
-        y, _ = self._smooth(lv, r, need_residual=False)
+        x, d, y = self._work(level, b.shape[1])
+        self._smooth(lv, b, x, d, residual=True)  # b is now the residual
+        ec = self._cycle(level + 1, lv.Rh @ b)
+        d.fill(0.0)
+        _spmm_add(lv.Ph, ec, d)  # d = e, the coarse correction
+        x += d
+        _spmm_add(lv.Cneg, d, b)  # b ← b − Ĉ e
+        self._smooth(lv, b, y, d, residual=False)
         x += y
         return x
 
     def cycle(self, R: np.ndarray, level: int = 0) -> np.ndarray:
         """One V-cycle ``≈ C_level⁻¹ R`` on a block (n_level, m) in the internal (RCM)
-        numbering (no checks; float64 out)."""
+        numbering (no checks; a new float64 array out)."""
         dis = self.levels[level].dis
         out = self._cycle(level, dis * np.ascontiguousarray(R, dtype=self.dtype))
-        out *= dis
-        return out.astype(np.float64, copy=False)
+        return np.multiply(out, dis, dtype=np.float64)
 
     def apply(self, R: np.ndarray) -> np.ndarray:
         """``≈ (A − σB)⁻¹ R`` for R of shape (n,) or (n, m), in the caller's numbering."""
