@@ -164,7 +164,7 @@ def _fd_check(f, p0: torch.Tensor, seed: int = 3, eps: float = 1e-4):
     return an, fd
 
 
-@pytest.mark.parametrize("backend", ["dense", "splu"])
+@pytest.mark.parametrize("backend", BACKENDS + ["lobpcg"])
 def test_eigenpair_gradients_match_finite_differences(backend):
     """Non-degenerate spectrum (jittered box): λ and individual eigenvectors."""
     mesh = structured_box((1.0, 1.2, 0.9), (4, 5, 4), jitter=0.15)
@@ -181,7 +181,24 @@ def test_eigenpair_gradients_match_finite_differences(backend):
     assert abs(an - fd) <= 1e-6 * abs(fd), (an, fd)
 
 
-@pytest.mark.parametrize("backend", ["dense", "splu"])
+def test_amg_path_gradient_above_the_dense_size():
+    """LOBPCG + block AMG forward (2197 dofs, above its dense cut-off) and the adjoint
+    preconditioned by the AMG cycle: eigenvalue and eigenvector gradients vs central FD."""
+    mesh = structured_box((1.0, 1.2, 0.9), (12, 12, 12), jitter=0.15)
+
+    def loss(points):
+        _, A, B = pencil(mesh.with_points(points))
+        lam, phi, info = sparse_eigsh(A, B, lam_max=0.06, nmax=10, backend="lobpcg")
+        assert info.backend == "lobpcg"
+        w = torch.linspace(1.0, 2.0, lam.shape[0], dtype=lam.dtype)
+        return 1e3 * (w * lam).sum() + (phi[:, 1:4] ** 4).sum()
+
+    an, fd = _fd_check(loss, mesh.points)
+    # FD truncation ~1e-9; the forward's residual tolerance (1e-10) bounds the rest
+    assert abs(an - fd) <= 1e-5 * abs(fd), (an, fd)
+
+
+@pytest.mark.parametrize("backend", BACKENDS + ["lobpcg"])
 def test_subspace_loss_gradient_exact_with_degenerate_eigenvalues(backend):
     """Cube: exactly degenerate pairs (λ_2 = λ_3, ...). A loss of the subspace only
     (ΦᵀAΦ, ΦᵀJΦ, ΦᵀM1) has a well-defined gradient; the adjoint drops the intra-cluster

@@ -17,9 +17,13 @@ Forward (no autograd, float64 on the CPU)
   SuperLU with a geometric nested-dissection ordering (when dof coordinates are given) and
   ``SymmetricMode``. Needs no compiled extra; practical to ~3·10⁴ dofs (SuperLU's fill grows
   fast in 3-D: 1e5 dofs take minutes to factor).
-* ``cholmod``: the same with a CHOLMOD Cholesky factorization (scikit-sparse, optional extra).
-* ``lobpcg``: SciPy's LOBPCG preconditioned by a pyamg smoothed-aggregation V-cycle (no
-  factorization; for large meshes without CHOLMOD).
+* ``cholmod``: a CHOLMOD Cholesky factorization (scikit-sparse, optional extra; nested-
+  dissection ordering) driving a thick-restart block Lanczos
+  (:mod:`~spindoctor_torch.linalg.block_lanczos`): blocks of 8 right-hand sides cost little
+  more than one, and the shift is moved to ~5 % of the lowest non-zero eigenvalue.
+* ``lobpcg``: LOBPCG preconditioned by a block smoothed-aggregation AMG V-cycle
+  (:mod:`~spindoctor_torch.linalg.amg_eig`; NumPy, SciPy and pyamg only, no factorization);
+  the cycle also preconditions the adjoint.
 * ``auto``: dense for N ≤ 1500, else cholmod if importable, else splu for N ≤ 40 000, else
   lobpcg if pyamg is importable, else splu.
 
@@ -80,6 +84,7 @@ import scipy.sparse.linalg as spla
 import torch
 
 from ..errors import SolverError, SpinDoctorWarning
+from .amg_eig import BlockAMG, lobpcg_amg
 from .block_lanczos import block_shift_invert_eigsh, linear_rayleigh_shift
 from .sparse import SparseMatrix, SparsePattern
 
@@ -297,17 +302,8 @@ def _factor_solver(C: sp.spmatrix, backend: str, coords: np.ndarray | None, B=No
 
         return solve, "SuperLU (nested dissection)"
     if backend == "lobpcg":
-        import pyamg  # optional extra
-
-        ml = pyamg.smoothed_aggregation_solver(sp.csr_matrix(C), symmetry="symmetric")
-        prec = ml.aspreconditioner(cycle="V")
-
-        def solve(R):
-            if R.ndim == 1:
-                return prec @ R
-            return np.stack([prec @ R[:, j] for j in range(R.shape[1])], axis=1)
-
-        return solve, "pyamg V-cycle"
+        amg = BlockAMG(C)  # C is already shifted
+        return amg.apply, "block AMG V-cycle"
     raise ValueError(f"backend = {backend!r}; allowed: {', '.join(BACKENDS)}")
 
 
@@ -384,6 +380,8 @@ def _solve_block(
         # a shift near the spectrum's low end keeps the constant mode's μ = 1/|σ| from
         # flooding the Rayleigh-Ritz matrix with round-off (see block_lanczos)
         sigma = min(sigma, linear_rayleigh_shift(A, B, coords))
+    if backend == "lobpcg":
+        return _solve_block_amg(A, B, lam_target, ntotal, sigma, nev_guess, quiet, timings)
     C = sp.csr_matrix(A - sigma * B)
     t0 = time.perf_counter()
     solve, _ = _factor_solver(C, backend, coords)
@@ -391,9 +389,7 @@ def _solve_block(
     nev = max(1, min(nev_guess, ntotal))
     while True:
         t0 = time.perf_counter()
-        if backend == "lobpcg":
-            w, V = _lobpcg(A, B, nev, solve)
-        elif blocked and nev < n - 16:
+        if blocked and nev < n - 16:
             w, V, _ = block_shift_invert_eigsh(A, B, nev, solve, sigma)
         else:
             w, V = _arpack(A, B, nev, sigma, solve)
@@ -408,6 +404,30 @@ def _solve_block(
     return w[keep], V[:, keep], (lambda: solve)
 
 
+def _solve_block_amg(A, B, lam_target, ntotal, sigma, nev_guess, quiet, timings):
+    """Eigenpairs ≤ lam_target by LOBPCG with a block AMG cycle (no factorization); the
+    cycle (an SPD approximation of (A − σB)⁻¹) preconditions the adjoint."""
+    n = A.shape[0]
+    nev = max(1, min(nev_guess, ntotal))
+    amg, V = None, None
+    while True:
+        t0 = time.perf_counter()
+        w, V, info = lobpcg_amg(A, B, nev, tol=1e-10, X0=V, amg=amg, quiet=quiet)
+        amg = info["amg"]
+        timings["eigensolve"] = timings.get("eigensolve", 0.0) + time.perf_counter() - t0
+        if w[-1] >= lam_target or nev >= ntotal or nev >= n - 2:
+            break
+        grow = (lam_target / max(w[-1], 1e-300)) ** 1.5 if w[-1] > 0 else 2.0
+        nev = int(min(ntotal, n - 2, max(nev + 8, math.ceil(nev * min(grow, 4.0) * 1.1))))
+        if not quiet:
+            print(f"  eigensolver: {w.size} pairs reach λ = {w[-1]:.4g}, retrying with {nev}")
+    keep = w <= lam_target if math.isfinite(lam_target) else np.ones(w.size, bool)
+    if amg is None:  # solved densely (small pencil): precondition the adjoint by dense LU
+        C = sp.csr_matrix(A - sigma * B)
+        return w[keep], V[:, keep], (lambda: _factor_solver(C, "dense", None)[0])
+    return w[keep], V[:, keep], (lambda: amg.apply)
+
+
 def _arpack(A, B, nev, sigma, solve):
     n = A.shape[0]
     if nev >= n - 1:
@@ -418,26 +438,6 @@ def _arpack(A, B, nev, sigma, solve):
     w, V = spla.eigsh(A, k=nev, M=B, sigma=sigma, which="LM", OPinv=op, ncv=ncv, tol=0.0, v0=v0)
     order = np.argsort(w)
     return w[order], V[:, order]
-
-
-def _lobpcg(A, B, nev, solve):
-    n = A.shape[0]
-    rng = np.random.default_rng(0)
-    X = rng.standard_normal((n, nev))
-    X[:, 0] = 1.0
-    M = spla.LinearOperator((n, n), matvec=solve, matmat=solve, dtype=np.float64)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        w, V = spla.lobpcg(A, X, B=B, M=M, largest=False, tol=1e-9, maxiter=400)
-    order = np.argsort(w)
-    w, V = w[order], V[:, order]
-    # polish: Rayleigh-Ritz in B-inner product
-    G = V.T @ (B @ V)
-    L = np.linalg.cholesky(0.5 * (G + G.T))
-    V = np.linalg.solve(L, V.T).T
-    Ar = V.T @ (A @ V)
-    w, U = np.linalg.eigh(0.5 * (Ar + Ar.T))
-    return w, V @ U
 
 
 def _choose_backend(backend: str, n: int, nev: int | None = None) -> str:
