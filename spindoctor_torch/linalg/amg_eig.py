@@ -388,22 +388,19 @@ class _Pencil:
         self.A, self.B, self.prec = A, B, prec
 
 
-def _combine(blocks, coefs, rows) -> list[np.ndarray]:
-    """``[Σ_b blocks[b] @ C[rows[b]] for C in coefs]`` as contiguous (n, ·) arrays, by BLAS
-    gemm accumulating in place (on the transposes, which are Fortran-ordered views)."""
+def _combine(blocks, coefs) -> np.ndarray:
+    """``Σ_b blocks[b] @ coefs[b]`` as a C-contiguous (n, ·) array, by BLAS gemm accumulating
+    in place (on the transposes, which are Fortran-ordered views; no temporaries)."""
     gemm = sla.blas.get_blas_funcs("gemm", (blocks[0],))
-    out = []
-    for C in coefs:
-        acc = None
-        for Y, r in zip(blocks, rows):
-            if Y is None or Y.shape[1] == 0:
-                continue
-            if acc is None:
-                acc = gemm(1.0, C[r].T, Y.T)
-            else:
-                acc = gemm(1.0, C[r].T, Y.T, beta=1.0, c=acc, overwrite_c=1)
-        out.append(acc.T)
-    return out
+    acc = None
+    for Y, C in zip(blocks, coefs):
+        if Y is None or Y.shape[1] == 0:
+            continue
+        if acc is None:
+            acc = gemm(1.0, C.T, Y.T)
+        else:
+            acc = gemm(1.0, C.T, Y.T, beta=1.0, c=acc, overwrite_c=1)
+    return acc.T
 
 
 def _colnorm(X: np.ndarray) -> np.ndarray:
@@ -460,9 +457,18 @@ def _lobpcg(
     lam_l, rel_l = np.empty(0), np.empty(0)
     lam = np.zeros(m)
     rel = np.full(m, np.inf)
+    store = [np.empty(n * m) for _ in range(4)]  # reused storage of AX, BX, AW, BW
+
+    def product(M, Y, slot):
+        Y = np.ascontiguousarray(Y)
+        out = store[slot][: Y.size].reshape(Y.shape)
+        out.fill(0.0)
+        _spmm_add(M, Y, out)
+        st["spmm_cols"] += Y.shape[1]
+        return out
+
     for it in range(maxiter + 1):
-        AX, BX = A @ X, B @ X
-        st["spmm_cols"] += 2 * X.shape[1]
+        AX, BX = product(A, X, 0), product(B, X, 1)
         if it == 0:  # Rayleigh-Ritz on the start block
             GXA, GXB = X.T @ AX, X.T @ BX
             try:
@@ -470,7 +476,6 @@ def _lobpcg(
             except np.linalg.LinAlgError as err:
                 raise SolverError("the initial block is (numerically) rank deficient") from err
             X, AX, BX = X @ C, AX @ C, BX @ C
-        nl = lam_l.size
         lam_all = np.sort(np.concatenate([lam_l, lam]))
         top = float(lam_all[nev - 1])
         Rr, rel = _rel_residuals(AX, BX, lam, floor_rel * abs(top))
@@ -479,7 +484,10 @@ def _lobpcg(
             log.append((np.concatenate([rel_l, rel]), np.concatenate([lam_l, lam])))
         if np.all(rel[wanted] <= tol) or it == maxiter:
             break
+        # lock the converged wanted columns; X, AX, BX keep them until the update below
+        # (it gives them zero weight), which spares copying the blocks
         lock = wanted & (rel <= tol)
+        nl = lam_l.size
         if lock.any():
             nlock = int(lock.sum())
             Xl[:, nl : nl + nlock] = X[:, lock]
@@ -487,34 +495,25 @@ def _lobpcg(
             lam_l = np.concatenate([lam_l, lam[lock]])
             rel_l = np.concatenate([rel_l, rel[lock]])
             nl += nlock
-            keep = ~lock
-            X, AX, BX, lam, Rr, rel = (
-                X[:, keep],
-                AX[:, keep],
-                BX[:, keep],
-                lam[keep],
-                Rr[:, keep],
-                rel[keep],
-            )
-            wanted = wanted[keep]
+        kept = np.flatnonzero(~lock)
+        lam, rel, wanted = lam[kept], rel[kept], wanted[kept]
         act = np.where(wanted, rel > tol, rel > guard_tol)
-        mx = X.shape[1]
-        W = prec(Rr[:, act])
+        mx = kept.size
+        W = prec(Rr[:, kept[act]])
         mw = W.shape[1]
         st["prec_cols"] += mw
         if nl:
             for _ in range(2):
                 W -= Xl[:, :nl] @ (BXl[:, :nl].T @ W)
-        W -= X @ (BX.T @ W)
-        AW, BW = A @ W, B @ W
-        st["spmm_cols"] += 2 * mw
+        W -= X @ (BX.T @ W)  # all current columns: the kept ones and the just locked
+        AW, BW = product(A, W, 2), product(B, W, 3)
         mp = 0 if P is None else P.shape[1]
         k = mx + mw + mp
         sw, sp_ = slice(mx, mx + mw), slice(mx + mw, k)
         GA = np.zeros((k, k))
         GB = np.eye(k)
         GA[:mx, :mx] = np.diag(lam)  # X: B-orthonormal Ritz vectors (by construction)
-        GA[:mx, sw], GB[:mx, sw] = AX.T @ W, BX.T @ W
+        GA[:mx, sw], GB[:mx, sw] = (AX.T @ W)[kept], (BX.T @ W)[kept]
         GA[sw, sw], GB[sw, sw] = W.T @ AW, W.T @ BW
         if mp:
             GA[sw, sp_], GB[sw, sp_] = AW.T @ P, BW.T @ P
@@ -529,7 +528,7 @@ def _lobpcg(
             st["restarts"] += 1
             k, mp, P = mx + mw, 0, None
             GA, GB = GA[:k, :k], GB[:k, :k]
-            GXA, GXB = X.T @ AX, X.T @ BX
+            GXA, GXB = (X.T @ AX)[np.ix_(kept, kept)], (X.T @ BX)[np.ix_(kept, kept)]
             GA[:mx, :mx], GB[:mx, :mx] = 0.5 * (GXA + GXA.T), 0.5 * (GXB + GXB.T)
             sp_ = slice(k, k)
             M = _orthonormalizer(GB, drop)
@@ -547,7 +546,12 @@ def _lobpcg(
         Q = Q @ _orthonormalizer(Q.T @ GB @ Q, 1e-16)
         GPP = Q.T @ GA @ Q
         GPP = 0.5 * (GPP + GPP.T)
-        X, P = _combine((X, W, P), (Cx, Q), (slice(0, mx), sw, sp_))
+        outs = []
+        for F in (Cx, Q):
+            Fx = np.zeros((X.shape[1], F.shape[1]))
+            Fx[kept] = F[:mx]  # the just locked columns of X get zero weight
+            outs.append(_combine((X, W, P), (Fx, F[sw], F[sp_])))
+        X, P = outs
         st["iterations"] = it + 1
         if log is not None:
             st.setdefault("trace", []).append((time.perf_counter(), mx, mw, mp, nl))
