@@ -168,6 +168,12 @@ class BlockAMG:
     reorder : bool
         Renumber the dofs by reverse Cuthill-McKee (faster sparse products). ``apply`` takes
         and returns blocks in the caller's numbering either way.
+    pyamg_options : dict, optional
+        Extra keyword arguments of ``pyamg.smoothed_aggregation_solver`` (e.g. ``strength``).
+
+    Measured (1e5-node ball, 60 columns, 1 thread, loaded machine): setup 0.6-1.5 s, one
+    float32 cycle 0.5 s; inside PCG on ``A − σB`` it reaches 1e-10 in 14 iterations (2e4
+    nodes, 20 right-hand sides, float32 and float64 alike).
 
     Attributes
     ----------
