@@ -346,15 +346,19 @@ def test_bad_model_input(kwargs, match, slab_mesh):
 
 
 # ---------------------------------------------------------------- blocked volume assembly
-def _fresh_pattern(mesh, block, monkeypatch):
-    """The FEM pattern of ``mesh`` (a mesh built for this test, so not yet cached) with the
-    volume terms processed in blocks of ``block`` tets."""
-    import spindoctor_torch.fem.pattern as pattern_mod
+def _small_blocks(mesh, block, monkeypatch, workers=3):
+    """The FEM pattern of ``mesh``; for the rest of the test the volume terms are processed in
+    blocks of ``block`` tets shared among ``workers`` threads."""
+    import spindoctor_torch.fem.tet_assembly as ta
+    from spindoctor_torch.fem.pattern import fem_pattern
 
-    monkeypatch.setattr(pattern_mod, "tet_block_size", lambda device: block)
-    fp = pattern_mod.fem_pattern(mesh)
-    assert fp.tet_block == min(block, mesh.ntet)
-    return fp
+    monkeypatch.setattr(ta, "_CACHE_BLOCK", block)
+    monkeypatch.setattr(ta, "_SERIAL_BLOCK", block)
+    monkeypatch.setattr(ta, "_num_workers", lambda: workers)
+    monkeypatch.setattr(ta, "_PER_PAIR_MIN", block // 2)  # full blocks per pair, short ones not
+    chunks = ta._schedule(mesh.ntet, mesh.points.device)
+    assert len(chunks) == min(workers, -(-mesh.ntet // block))
+    return fem_pattern(mesh)
 
 
 def _random_spd(rng, n):
@@ -384,10 +388,10 @@ def test_pattern_matches_plain_construction():
     u2f = fp.upper_to_full.numpy()
     upper_keys = (rows * n + cols)[up]
     assert np.array_equal(upper_keys[u2f], np.minimum(rows, cols) * n + np.maximum(rows, cols))
-    # Blocked upper_map (one block here) against the tets' own (min, max) dof pairs.
+    # upper_map against the tets' own (min, max) dof pairs.
     pk, pl = np.array([0, 1, 2, 3, 0, 0, 0, 1, 1, 2]), np.array([0, 1, 2, 3, 1, 2, 3, 2, 3, 3])
     a, b = td[:, pk].T, td[:, pl].T
-    um = fp.upper_map.numpy().reshape(10, -1)
+    um = fp.upper_map.numpy()
     assert np.array_equal(upper_keys[um], np.minimum(a, b) * n + np.maximum(a, b))
     un = fp.upper_nodes.numpy()
     assert np.array_equal(un, topo.dof_node[np.stack([rows[up], cols[up]])])
@@ -398,8 +402,8 @@ def test_blocked_assembly_matches_independent_loop(dkind, monkeypatch):
     """Several tet blocks (the last one partial) give the loop reference's matrices; both
     stiffness paths (isotropic fast path, full tensors)."""
     mesh = structured_slabs([0.5, 0.75, 0.5], (0.5, 0.5), h=0.25, jitter=0.2, seed=7)
-    fp = _fresh_pattern(mesh, 37, monkeypatch)
-    assert mesh.ntet % 37 != 0 and mesh.ntet > 3 * 37
+    fp = _small_blocks(mesh, 23, monkeypatch)
+    assert mesh.ntet % 23 != 0 and mesh.ntet > 6 * 23  # several blocks per worker
     rng = np.random.default_rng(4)
     if dkind == "isotropic":
         dvals = [d * np.eye(3) for d in (1e-3, 2.5e-3, 0.7e-3)]
@@ -458,7 +462,7 @@ def test_volume_terms_gradcheck_blocked(dkind, wrt, monkeypatch):
     isotropic fast path (finite differences leave isotropy, so they run the full-tensor
     path), full tensors, and a non-symmetric D (the function uses (D + Dᵀ)/2)."""
     mesh0 = structured_slabs([0.5, 0.5], (0.5, 0.5), h=0.25, jitter=0.15, seed=5)
-    fp = _fresh_pattern(mesh0, 13, monkeypatch)
+    fp = _small_blocks(mesh0, 13, monkeypatch)
     rng = np.random.default_rng(8)
     if dkind == "isotropic":
         d = torch.tensor([2e-3, 1e-3], dtype=torch.float64)[:, None, None] * torch.eye(3)
@@ -479,7 +483,7 @@ def test_volume_terms_gradcheck_blocked(dkind, wrt, monkeypatch):
 def test_volume_terms_gradcheck_some_outputs(outputs, monkeypatch):
     """Backward with gradients for some outputs only (the others None)."""
     mesh0 = structured_slabs([0.5, 0.5], (0.5, 0.5), h=0.25, jitter=0.15, seed=6)
-    fp = _fresh_pattern(mesh0, 29, monkeypatch)
+    fp = _small_blocks(mesh0, 29, monkeypatch)
     d = torch.tensor(_random_spd(np.random.default_rng(9), 2), requires_grad=True)
     pts = mesh0.points.detach().clone().requires_grad_(True)
     f = _volume_terms_probe(mesh0, fp, seed=2)
@@ -492,7 +496,7 @@ def test_volume_terms_float32_matches_float64(monkeypatch):
     """Values and gradients in float32 agree with float64 to float32 round-off (5e-5 of the
     largest magnitude: ~1e3 ulp, sums of ~10 terms with cancellation in K)."""
     mesh = structured_slabs([0.5, 0.5], (0.5, 0.5), h=0.25, jitter=0.15, seed=3)
-    fp = _fresh_pattern(mesh, 17, monkeypatch)
+    fp = _small_blocks(mesh, 17, monkeypatch)
     from spindoctor_torch.fem.tet_assembly import assemble_volume_terms
 
     d = _random_spd(np.random.default_rng(10), 2)

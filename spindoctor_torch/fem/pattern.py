@@ -36,18 +36,14 @@ class FEMPattern:
     ----------
     pattern : SparsePattern over all dofs (n = ndof)
     nupper : int, number of upper-triangle entries (row ≤ column) of ``pattern``
-    tet_block : int, the tets are processed in blocks [s, s + tet_block) (a cache-sized
-        block on CPU, all tets at once elsewhere); the two maps below are stored block by
-        block so that a block's slice is contiguous
-    upper_map : (10·ntet,) blocked: for the block of tets [s, e), ``upper_map[10s:10e]``
-        viewed as (10, e − s) gives, for pair p = (k, l) of
+    upper_map : (10, ntet) for pair p = (k, l) of
         :data:`~spindoctor_torch.fem.elements.TET_PAIRS` and tet t, the position of that
         entry among the upper-triangle entries (CSR order, dofs sorted so row ≤ column)
-    tet_nodes : (4·ntet,) blocked like ``upper_map``: ``tet_nodes[4s:4e]`` viewed as
-        (4, e − s) is the mesh node of each vertex of the block's tets
+    tet_nodes : (4, ntet) mesh node of each tet vertex (``tets`` transposed)
     upper_to_full : (nnz,) upper-triangle position of every full-pattern entry (of (i, j)
         for i ≤ j, of (j, i) otherwise)
     upper_nodes : (2, nupper) mesh nodes of the row and column dof of each upper entry
+    upper_diagonal : (ndof,) upper-triangle position of each diagonal entry
     facet_map : (nfacet, 2, 2, 3, 3) position of the entry coupling facet vertex k on side s
         with facet vertex l on side t (``facet_map[f, s, t, k, l]``); -1 where side 1 does
         not exist (outer walls)
@@ -57,17 +53,17 @@ class FEMPattern:
     tet_dofs : (ntet, 4) dofs of each tet; facet_dofs : (nfacet, 2, 3), -1 for missing side
     dof_compartment : (ndof,), dof_node : (ndof,)
 
-    ``upper_map``, ``tet_nodes``, ``upper_to_full`` and ``upper_nodes`` are int32 when the
-    sizes allow (half the memory traffic of the gathers and scatters), else int64.
+    ``upper_map``, ``tet_nodes``, ``upper_to_full``, ``upper_nodes`` and ``upper_diagonal`` are
+    int32 when the sizes allow (half the memory traffic of the gathers and scatters), else int64.
     """
 
     pattern: SparsePattern
     nupper: int
-    tet_block: int
     upper_map: torch.Tensor
     tet_nodes: torch.Tensor
     upper_to_full: torch.Tensor
     upper_nodes: torch.Tensor
+    upper_diagonal: torch.Tensor
     facet_map: torch.Tensor
     facet_entries: torch.Tensor
     facet_targets: torch.Tensor
@@ -121,7 +117,10 @@ def _build(topology) -> dict[str, np.ndarray]:
     node_dtype = _index_dtype(topology.npoint)
     upper_nodes = np.stack([topology.dof_node[rows_u], topology.dof_node[cols_u]])
     upper_nodes = upper_nodes.astype(node_dtype, copy=False)
-    strict = np.flatnonzero(rows_u != cols_u)
+    diag = rows_u == cols_u
+    upper_diagonal = np.empty(int(n), dtype=_index_dtype(nupper))
+    upper_diagonal[rows_u[diag]] = np.flatnonzero(diag)
+    strict = np.flatnonzero(~diag)
     full_keys = np.concatenate([ukeys, cols_u[strict] * n + rows_u[strict]])
     order = np.argsort(full_keys, kind="stable")
     full_keys = full_keys[order]
@@ -145,29 +144,13 @@ def _build(topology) -> dict[str, np.ndarray]:
         "upper_map": upper_map,
         "upper_to_full": source.astype(_index_dtype(max(nupper, nnz)), copy=False),
         "upper_nodes": upper_nodes,
+        "upper_diagonal": upper_diagonal,
         "tet_nodes": np.ascontiguousarray(topology.tets_array.T).astype(node_dtype, copy=False),
         "facet_map": facet_map,
         "facet_entries": facet_entries,
         "facet_targets": facet_flat[facet_entries],
         "row_compartment": topology.dof_compartment[rows],
     }
-
-
-def tet_block_size(device: torch.device) -> int:
-    """Tets per assembly block on ``device``: 2^15 on CPU, where a block's temporaries
-    (a few MB in float64) stay in cache. Measured at 1e6 tets, 1 thread, CPU time of the
-    volume terms forward/backward: 2^14–2^15 0.45/0.87–0.90 s, 2^13 0.61/1.00 s, 2^16–2^17
-    0.49–0.51/0.99–1.10 s, one block for all tets 1.27/3.05 s and twice the memory. Other
-    devices take all tets at once."""
-    return 1 << 15 if device.type == "cpu" else 1 << 62
-
-
-def _blocked(a: np.ndarray, block: int) -> np.ndarray:
-    """(k, M) → (k·M,) with the columns of each block [s, s + block) contiguous, row-major."""
-    k, m = a.shape
-    if block >= m:
-        return a.reshape(-1)
-    return np.concatenate([a[:, s : s + block].reshape(-1) for s in range(0, m, block)])
 
 
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -188,15 +171,14 @@ def fem_pattern(mesh) -> FEMPattern:
         def t(x):
             return torch.as_tensor(x, device=dev)
 
-        block = min(tet_block_size(torch.device(dev)), topo.ntet)
         fp = FEMPattern(
             pattern=SparsePattern(t(a["rows"]), t(a["cols"]), topo.ndof),
             nupper=a["nupper"],
-            tet_block=block,
-            upper_map=t(_blocked(a["upper_map"], block)),
-            tet_nodes=t(_blocked(a["tet_nodes"], block)),
+            upper_map=t(a["upper_map"]),
+            tet_nodes=t(a["tet_nodes"]),
             upper_to_full=t(a["upper_to_full"]),
             upper_nodes=t(a["upper_nodes"]),
+            upper_diagonal=t(a["upper_diagonal"]),
             facet_map=t(a["facet_map"]),
             facet_entries=t(a["facet_entries"]),
             facet_targets=t(a["facet_targets"]),

@@ -4,7 +4,7 @@ with an analytic backward, in cache-sized tet blocks.
 Every tet matrix is symmetric, so values are accumulated on the *upper triangle* of the shared
 pattern (10 entries per tet, pairs p = (k, l), k ≤ l, of
 :data:`~spindoctor_torch.fem.elements.TET_PAIRS`) and expanded to the full pattern with one
-gather. Tets are processed in blocks of ``fp.tet_block`` so that the per-block temporaries
+gather. Tets are processed in blocks (see ``_schedule``) so that the per-block temporaries
 ((B,) to (10, B) arrays) stay in cache and the memory above the outputs is O(block).
 
 Notation (per tet; coordinates first, X[d, m] = x_m^d): edges e_k = x_k − x_0 (k = 1..3),
@@ -42,6 +42,8 @@ entries: an entry and its transpose summed) and g_vol of the compartment volumes
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import torch
 from torch.autograd.function import once_differentiable
 
@@ -62,12 +64,74 @@ _PAIR_WEIGHTS: dict = {}
 
 
 def _pair_weights(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """(10,) tensor of _P."""
+    """(10,) tensor of _P (cached per dtype and device)."""
     key = (dtype, device)
     w = _PAIR_WEIGHTS.get(key)
     if w is None:
         w = _PAIR_WEIGHTS[key] = torch.tensor(_P, dtype=dtype, device=device)
     return w
+
+
+# Blocks and threads on CPU. With one intra-op thread, 2^15 tets per block keep a block's
+# temporaries in cache (1e6 tets, CPU time of forward/backward: 2^14–2^15 0.45/0.9 s, 2^13
+# 0.61/1.0 s, 2^17 0.49/1.1 s, all tets at once 1.27/3.05 s and twice the memory). With more
+# threads, torch would open an OpenMP region for nearly every op of a block; when other
+# processes hold the cores, each region waits milliseconds for a descheduled thread (1e6 tets
+# on a loaded 2-core machine: 9 s forward, 19 s backward). Instead, blocks of _SERIAL_BLOCK
+# tets keep every per-block tensor (at most 12·B elements) below torch's parallel grain
+# (32768 elements), so each op runs serially, and the blocks are shared among worker threads
+# (torch releases the GIL inside ops), each with its own accumulators.
+_CACHE_BLOCK = 1 << 15
+_SERIAL_BLOCK = 2730
+_MAX_WORKERS = 4
+# Blocks of at least this many tets scatter the per-tet values pair by pair (40 index_add
+# calls, no copies); smaller blocks, where the per-call cost dominates, expand each channel
+# to its 10 entries first (4 calls).
+_PER_PAIR_MIN = 8192
+
+
+def _num_workers() -> int:
+    return max(1, min(torch.get_num_threads(), _MAX_WORKERS))
+
+
+def _schedule(ntet: int, device: torch.device) -> list[list[tuple[int, int]]]:
+    """Tet ranges [s, e) of the blocks, split into contiguous chunks, one per worker."""
+    nworkers = _num_workers() if device.type == "cpu" else 1
+    if device.type != "cpu":
+        block = ntet
+    else:
+        block = _CACHE_BLOCK if nworkers == 1 else _SERIAL_BLOCK
+    ranges = [(s, min(s + block, ntet)) for s in range(0, ntet, block)]
+    nworkers = min(nworkers, len(ranges))
+    bounds = [round(i * len(ranges) / nworkers) for i in range(nworkers + 1)]
+    return [ranges[bounds[i] : bounds[i + 1]] for i in range(nworkers)]
+
+
+def _run_chunks(work, chunks: list) -> None:
+    """``work(i, chunks[i])`` for every chunk: in the calling thread for one chunk, else in
+    one thread each. Grad mode is thread-local, so each worker runs under ``no_grad``."""
+
+    def run(i):
+        with torch.no_grad():
+            work(i, chunks[i])
+
+    if len(chunks) == 1:
+        run(0)
+        return
+    with ThreadPoolExecutor(max_workers=len(chunks)) as pool:
+        for f in [pool.submit(run, i) for i in range(len(chunks))]:
+            f.result()
+
+
+_NINE: dict = {}
+
+
+def _nine(device: torch.device) -> torch.Tensor:
+    """(9, 1) arange: the flat entries of a 3×3 tensor."""
+    n = _NINE.get(device)
+    if n is None:
+        n = _NINE[device] = torch.arange(9, device=device)[:, None]
+    return n
 
 
 def _node_sums(coord: torch.Tensor, fp) -> torch.Tensor:
@@ -83,12 +147,14 @@ def _isotropic(d: torch.Tensor) -> torch.Tensor | None:
 
 
 class _Block:
-    """Geometry of the tets [s, e): coordinates x (3, 4, B), edges e (3, 3, B) with their
-    cyclic shifts e1 = e_{k+1}, e2 = e_{k+2}, cofactors c (3, 3, B) of c_1..c_3, det (B,)."""
+    """Geometry of the tets [s, e): nodes (4B,), upper positions idx (10B,) (pair-major),
+    coordinates x (3, 4, B), edges e (3, 3, B) with their cyclic shifts e1 = e_{k+1},
+    e2 = e_{k+2}, cofactors c (3, 3, B) of c_1..c_3, det (B,), vol (B,)."""
 
     def __init__(self, points_t: torch.Tensor, fp, s: int, e: int):
         b = e - s
-        self.nodes = fp.tet_nodes[4 * s : 4 * e]
+        self.nodes = fp.tet_nodes[:, s:e].reshape(-1)
+        self.idx = fp.upper_map[:, s:e].reshape(-1)
         self.x = points_t.new_empty(3, 4, b)
         for d in range(3):  # three 1-D gathers: much faster than one along dim 1
             torch.index_select(points_t[d], 0, self.nodes, out=self.x[d].view(-1))
@@ -98,7 +164,6 @@ class _Block:
         self.c = _cross(self.e1, self.e2)
         self.det = (self.e[:, 0] * self.c[:, 0]).sum(0)
         self.vol = self.det / 6.0
-        self.idx = fp.upper_map[10 * s : 10 * e]
 
 
 def _apply_d(v: torch.Tensor, d_tet: torch.Tensor) -> torch.Tensor:
@@ -111,11 +176,106 @@ def _apply_d(v: torch.Tensor, d_tet: torch.Tensor) -> torch.Tensor:
 
 def _d_times(v: torch.Tensor, d_iso, dsym, comp) -> torch.Tensor:
     """D_s v for the compartments ``comp`` of the block's tets. (Per-tet gathers use
-    ``index_select``: advanced indexing starts an OpenMP region even for a few elements,
-    which costs milliseconds per call when the other core is busy.)"""
+    ``index_select``: advanced indexing opens an OpenMP region even for a few elements.)"""
     if d_iso is None:
         return _apply_d(v, dsym.index_select(0, comp))
     return v * d_iso.index_select(0, comp)
+
+
+def _forward_block(g: _Block, comp, d_iso, dsym, upper: list, vol: torch.Tensor) -> None:
+    """Scatter one block's A0, A_x, A_y, A_z (times P) and K into ``upper``, V into ``vol``."""
+    b = g.det.shape[0]
+    # Per-tet V and V·S^d, one value for all 10 entries of the tet, times P.
+    tab = g.x.new_empty(4, b)
+    tab[0] = g.vol
+    torch.mul(g.x.sum(1), g.vol, out=tab[1:])
+    if b >= _PER_PAIR_MIN:  # large blocks: ten scatters per channel, no copies
+        idx = g.idx.view(10, b)
+        for row, ch in zip((_A0, _AX, _AX + 1, _AX + 2), tab):
+            for p in range(10):
+                upper[row].index_add_(0, idx[p], ch, alpha=_P[p])
+    else:  # small blocks: fewer ops, one (10, B) copy per channel
+        pw = _pair_weights(g.x.dtype, g.x.device)[:, None]
+        for row, ch in zip((_A0, _AX, _AX + 1, _AX + 2), tab):
+            upper[row].index_add_(0, g.idx, (pw * ch).view(-1))
+    # Stiffness from the Gram matrix of the cofactors (isotropic: d applied last).
+    dc = g.c if d_iso is not None else _d_times(g.c, d_iso, dsym, comp)
+    gd = (g.c * dc).sum(0)  # G_11, G_22, G_33
+    go = (g.c * dc.roll(-1, 1)).sum(0)  # G_12, G_23, G_31
+    r = gd + go + go.roll(1, 0)  # row sums r_j
+    k = g.x.new_empty(10, b)
+    torch.sum(r, 0, out=k[0])
+    k[1:4] = gd
+    torch.neg(r, out=k[4:7])
+    k[7], k[8], k[9] = go[0], go[2], go[1]
+    if d_iso is None:
+        k /= 6.0 * g.det
+    else:
+        k *= d_iso.index_select(0, comp) / (6.0 * g.det)
+    upper[_K].index_add_(0, g.idx, k.view(-1))
+    vol.index_add_(0, comp, g.vol)
+
+
+def _backward_block(g: _Block, comp, d_iso, dsym, grads, g_vol, grad_pt, grad_d) -> None:
+    """Add one block's contributions to ``grad_pt`` (3, N) and ``grad_d`` (9·ncompartment,)
+    (each None when not needed); ``grads`` = (∂A0, ∂A_x, ∂A_y, ∂A_z, ∂K) on the upper
+    entries, None where absent."""
+    b = g.det.shape[0]
+    g_a, gu_k = grads[:4], grads[4]
+    g_det = g.x.new_zeros(b)  # ∂det = ∂V/6 + (stiffness part)
+    g_x_direct = None  # (3, B), the same for the 4 vertices
+    if grad_pt is not None and any(ga is not None for ga in g_a):
+        # Σ_p P_p ∂A[p] over the tet's entries (P already applied to the diagonal entries).
+        sums = [None if ga is None else ga.index_select(0, g.idx).view(10, b).sum(0) for ga in g_a]
+        if sums[0] is not None:
+            g_det.add_(sums[0], alpha=1.0 / 6.0)
+        svec = g.x.sum(1)
+        g_x_direct = g.x.new_zeros(3, b)
+        for d in range(3):
+            if sums[1 + d] is not None:
+                g_det.addcmul_(sums[1 + d], svec[d], value=1.0 / 6.0)
+                torch.mul(sums[1 + d], g.vol, out=g_x_direct[d])
+    if grad_pt is not None and g_vol is not None:
+        g_det.add_(g_vol.index_select(0, comp), alpha=1.0 / 6.0)
+    g_c = None
+    if gu_k is not None:
+        # Everything below carries the factor w = 1/(6 det) of K through g_K.
+        gk = gu_k.index_select(0, g.idx).view(10, b) / (6.0 * g.det)
+        t = gk[0] - gk[4:7]  # t_i = g_00 − g_0i
+        hd = 2.0 * (gk[1:4] + t)  # H_ii
+        ho = torch.stack((gk[7], gk[9], gk[8])) + t + t.roll(-1, 0)  # H_12, H_23, H_31
+        hc = hd * g.c + ho * g.c.roll(-1, 1) + ho.roll(1, 0) * g.c.roll(1, 1)  # w H C
+        if grad_d is not None:  # (w/2) Σ_i c_i (H C)_iᵀ, (3, 3, B)
+            ctc = g.c[:, None, 0] * hc[None, :, 0]
+            for i in (1, 2):
+                ctc.addcmul_(g.c[:, None, i], hc[None, :, i])
+            ctc *= 0.5
+            nine = _nine(comp.device)
+            grad_d.index_add_(0, (comp * 9 + nine).view(-1), ctc.view(-1))
+        if grad_pt is not None:
+            g_c = _d_times(hc, d_iso, dsym, comp)  # ∂c = w D H C
+            g_det -= 0.5 * (g.c * g_c).sum((0, 1)) / g.det  # ∂w·w/det
+    if grad_pt is None:
+        return
+    g_x = g.x.new_empty(3, 4, b)
+    g_e = g_x[:, 1:]
+    torch.mul(g_det, g.c, out=g_e)
+    if g_c is not None:
+        g_e += _cross(g_c.roll(-1, 1), g.e2)
+        g_e += _cross(g.e1, g_c.roll(-2, 1))
+    torch.sum(g_e, 1, out=g_x[:, 0])
+    g_x[:, 0].neg_()
+    if g_x_direct is not None:
+        g_x += g_x_direct[:, None]
+    for d in range(3):
+        grad_pt[d].index_add_(0, g.nodes, g_x[d].view(-1))
+
+
+def _sum_into(first: list, others: list) -> None:
+    """first[k] += Σ_j others[j][k] (in order: deterministic)."""
+    for acc in others:
+        for a, o in zip(first, acc):
+            a += o
 
 
 class _VolumeTerms(torch.autograd.Function):
@@ -126,41 +286,25 @@ class _VolumeTerms(torch.autograd.Function):
     @staticmethod
     def forward(ctx, points, diffusivity, tet_compartment, fp):
         dtype, dev = points.dtype, points.device
-        ntet, blk = tet_compartment.shape[0], fp.tet_block
         dsym = 0.5 * (diffusivity + diffusivity.transpose(1, 2))
         d_iso = _isotropic(dsym)
         points_t = points.T.contiguous()
-        upper = [torch.zeros(fp.nupper, dtype=dtype, device=dev) for _ in range(5)]
-        vol = torch.zeros(diffusivity.shape[0], dtype=dtype, device=dev)
-        for s in range(0, ntet, blk):
-            e = min(s + blk, ntet)
-            b = e - s
-            comp = tet_compartment[s:e]
-            g = _Block(points_t, fp, s, e)
-            # Per-tet V and V·S^d, one value for all 10 entries of the tet, times P.
-            tab = torch.empty(4, b, dtype=dtype, device=dev)
-            tab[0] = g.vol
-            torch.mul(g.x.sum(1), g.vol, out=tab[1:])
-            idx = g.idx.view(10, b)
-            for row, ch in zip((_A0, _AX, _AX + 1, _AX + 2), tab):
-                for p in range(10):  # (cheaper than expanding the source to 10 copies)
-                    upper[row].index_add_(0, idx[p], ch, alpha=_P[p])
-            # Stiffness from the Gram matrix of the cofactors (isotropic: d applied last).
-            dc = g.c if d_iso is not None else _d_times(g.c, d_iso, dsym, comp)
-            gd = (g.c * dc).sum(0)  # G_11, G_22, G_33
-            go = (g.c * dc.roll(-1, 1)).sum(0)  # G_12, G_23, G_31
-            r = gd + go + go.roll(1, 0)  # row sums r_j
-            k = torch.empty(10, b, dtype=dtype, device=dev)
-            torch.sum(r, 0, out=k[0])
-            k[1:4] = gd
-            torch.neg(r, out=k[4:7])
-            k[7], k[8], k[9] = go[0], go[2], go[1]
-            if d_iso is None:
-                k /= 6.0 * g.det
-            else:
-                k *= d_iso.index_select(0, comp) / (6.0 * g.det)
-            upper[_K].index_add_(0, g.idx, k.view(-1))
-            vol.index_add_(0, comp, g.vol)
+        chunks = _schedule(tet_compartment.shape[0], dev)
+        accs = [
+            [torch.zeros(fp.nupper, dtype=dtype, device=dev) for _ in range(5)]
+            + [torch.zeros(diffusivity.shape[0], dtype=dtype, device=dev)]
+            for _ in chunks
+        ]
+
+        def work(i, chunk):
+            upper, vol = accs[i][:5], accs[i][5]
+            for s, e in chunk:
+                g = _Block(points_t, fp, s, e)
+                _forward_block(g, tet_compartment[s:e], d_iso, dsym, upper, vol)
+
+        _run_chunks(work, chunks)
+        _sum_into(accs[0], accs[1:])
+        upper, vol = accs[0][:5], accs[0][5]
         # M = A0/20 and J^d = (A_d + (x_i^d + x_j^d) A0)/120, A0 and A_d already carrying P.
         a0 = upper[_A0]
         for d in range(3):
@@ -179,7 +323,6 @@ class _VolumeTerms(torch.autograd.Function):
         fp, d_iso, a0 = ctx.fp, ctx.d_iso, ctx.a0
         need_p, need_d = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         dtype, dev = points.dtype, points.device
-        ntet, blk = tet_compartment.shape[0], fp.tet_block
 
         def fold(g):  # full-pattern gradient → upper entries (an entry and its transpose)
             if g is None:
@@ -207,72 +350,41 @@ class _VolumeTerms(torch.autograd.Function):
                 grad_pt[d].index_add_(0, fp.upper_nodes[0], direct)
                 grad_pt[d].index_add_(0, fp.upper_nodes[1], direct)
             g_a[0] = g_a0
+            for ga in g_a:  # times P = 2 on the diagonal, for the per-tet sums over pairs
+                if ga is not None:
+                    ga.index_add_(0, fp.upper_diagonal, ga.index_select(0, fp.upper_diagonal))
         has_a = any(g is not None for g in g_a)
-        has_k = gu_k is not None
         has_vol = need_p and g_vol is not None
-        grad_d = None
-        if need_d and has_k:
-            grad_d = torch.zeros(dsym.numel(), dtype=dtype, device=dev)
-            nine = torch.arange(9, device=dev)[:, None]
-        if not (has_a or has_k or has_vol):
+        if not (has_a or gu_k is not None or has_vol):
             return None, None, None, None
-        for s in range(0, ntet, blk):
-            e = min(s + blk, ntet)
-            b = e - s
-            comp = tet_compartment[s:e]
-            g = _Block(points_t, fp, s, e)
-            g_v = torch.zeros(b, dtype=dtype, device=dev)
-            g_x_direct = None  # (3, B), the same for the 4 vertices
-            if has_a:
-                pw = _pair_weights(dtype, dev)
-                sums = [
-                    None if ga is None else pw @ ga.index_select(0, g.idx).view(10, b) for ga in g_a
-                ]
-                if sums[0] is not None:
-                    g_v += sums[0]
-                svec = g.x.sum(1)
-                g_x_direct = torch.zeros(3, b, dtype=dtype, device=dev)
-                for d in range(3):
-                    if sums[1 + d] is not None:
-                        g_v.addcmul_(sums[1 + d], svec[d])
-                        g_x_direct[d] = sums[1 + d] * g.vol
-            if has_vol:
-                g_v += g_vol.index_select(0, comp)
-            g_det = g_v / 6.0
-            g_c = None
-            if has_k:
-                # Everything below carries the factor w = 1/(6 det) of K through g_K.
-                gk = gu_k.index_select(0, g.idx).view(10, b) / (6.0 * g.det)
-                t = gk[0] - gk[4:7]  # t_i = g_00 − g_0i
-                hd = 2.0 * (gk[1:4] + t)  # H_ii
-                ho = torch.stack((gk[7], gk[9], gk[8])) + t + t.roll(-1, 0)  # H_12, H_23, H_31
-                hc = hd * g.c + ho * g.c.roll(-1, 1) + ho.roll(1, 0) * g.c.roll(1, 1)  # w H C
-                if need_d:  # (w/2) Σ_i c_i (H C)_iᵀ, (3, 3, B)
-                    ctc = g.c[:, None, 0] * hc[None, :, 0]
-                    for i in (1, 2):
-                        ctc.addcmul_(g.c[:, None, i], hc[None, :, i])
-                    ctc *= 0.5
-                    grad_d.index_add_(0, (comp * 9 + nine).view(-1), ctc.view(-1))
-                if need_p:
-                    g_c = _d_times(hc, d_iso, dsym, comp)  # ∂c = w D H C
-                    g_det -= 0.5 * (g.c * g_c).sum((0, 1)) / g.det  # ∂w·w/det
-            if not need_p:
-                continue
-            g_x = torch.empty(3, 4, b, dtype=dtype, device=dev)
-            g_e = g_x[:, 1:]
-            torch.mul(g_det, g.c, out=g_e)
-            if g_c is not None:
-                g_e += _cross(g_c.roll(-1, 1), g.e2)
-                g_e += _cross(g.e1, g_c.roll(-2, 1))
-            torch.sum(g_e, 1, out=g_x[:, 0])
-            g_x[:, 0].neg_()
-            if g_x_direct is not None:
-                g_x += g_x_direct[:, None]
-            for d in range(3):
-                grad_pt[d].index_add_(0, g.nodes, g_x[d].view(-1))
-        grad_points = grad_pt.T if need_p else None
-        if grad_d is not None:
-            grad_d = grad_d.view_as(dsym)
+        grads = (*g_a, gu_k)
+        chunks = _schedule(tet_compartment.shape[0], dev)
+        want_d = need_d and gu_k is not None
+        accs = [
+            [
+                grad_pt if (i == 0 or not need_p) else torch.zeros_like(points_t),
+                torch.zeros(dsym.numel(), dtype=dtype, device=dev) if want_d else None,
+            ]
+            for i in range(len(chunks))
+        ]
+
+        def work(i, chunk):
+            gp, gd = accs[i]
+            for s, e in chunk:
+                g = _Block(points_t, fp, s, e)
+                comp = tet_compartment[s:e]
+                _backward_block(g, comp, d_iso, dsym, grads, g_vol, gp, gd)
+
+        _run_chunks(work, chunks)
+        for gp, gd in accs[1:]:
+            if need_p:
+                accs[0][0] += gp
+            if want_d:
+                accs[0][1] += gd
+        grad_points = accs[0][0].T if need_p else None
+        grad_d = None
+        if want_d:
+            grad_d = accs[0][1].view_as(dsym)
             grad_d = 0.5 * (grad_d + grad_d.transpose(1, 2))
         return grad_points, grad_d, None, None
 
