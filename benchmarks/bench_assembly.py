@@ -17,10 +17,13 @@ are its own, in phases:
   where that is unavailable the peak includes the pattern build, and the run says so).
 
 Times are medians of ``--repeat`` runs. Threads are pinned (``--threads``, default 2) for torch,
-OpenMP, OpenBLAS and MKL, and reported with the load average before and after each size: on
-the project's shared 2-core machines a second busy process makes 2-thread runs several times
-slower (every OpenMP region waits for a descheduled thread), so compare figures taken at a
-low load, or use ``--threads 1``.
+OpenMP, OpenBLAS and MKL, and reported with the load average before and after each size. On
+the project's shared 2-core machines other processes hold the cores most of the time; torch
+code that opens many OpenMP regions then runs several times slower with 2 threads than with
+1 (each region waits for a descheduled thread). The volume assembly avoids this (serial
+per-block ops in worker threads), the mat-vec floor and the old code do not; compare figures
+taken at similar load, or set ``OMP_WAIT_POLICY=PASSIVE`` in the environment (passed on to
+the subprocesses and reported; it must be set before torch starts).
 
 Run: ``python benchmarks/bench_assembly.py [--sizes 1e4 1e5 1e6] [--repeat 3] [--threads 2]``
 """
@@ -147,7 +150,7 @@ def run_size(ntet: float, repeat: int, threads: int) -> dict:
         "ndof": mesh.ndof,
         "nnz": fp.pattern.nnz,
         "threads": torch.get_num_threads(),
-        "thread_env": {v: os.environ.get(v) for v in _THREAD_VARS},
+        "thread_env": {v: os.environ.get(v) for v in (*_THREAD_VARS, "OMP_WAIT_POLICY")},
         "load_before": load0,
         "load_after": os.getloadavg()[0],
         "pattern_s": t_pattern,
@@ -169,7 +172,8 @@ def _report(r: dict) -> None:
     note = "" if r["peak_reset"] else "  (peak includes the pattern build: no clear_refs)"
     print(
         f"ntet {r['ntet']:>8d}  ndof {r['ndof']:>7d}  nnz {r['nnz']:>8d}  "
-        f"threads {r['threads']}  load {r['load_before']:.1f}->{r['load_after']:.1f}\n"
+        f"threads {r['threads']}  OMP_WAIT_POLICY {r['thread_env']['OMP_WAIT_POLICY']}  "
+        f"load {r['load_before']:.1f}->{r['load_after']:.1f}\n"
         f"  pattern  {r['pattern_s']:7.3f} s   peak RSS {r['pattern_peak_rss_GB']:.2f} GB, "
         f"keeps {r['pattern_kept_GB']:.2f} GB\n"
         f"  forward  {r['forward_s']:7.3f} s   (with grad {r['forward_grad_s']:.3f} s)  "
