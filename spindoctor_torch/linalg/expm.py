@@ -507,7 +507,7 @@ class GroupedOperator:
 
 
 def expmv_chebyshev(
-    matvec: Callable[[torch.Tensor], torch.Tensor] | ColumnOperator,
+    matvec: Callable[[torch.Tensor], torch.Tensor] | ColumnOperator | GroupedOperator,
     v: torch.Tensor,
     tau: float,
     lo: float,
