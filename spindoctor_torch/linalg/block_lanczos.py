@@ -44,6 +44,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..errors import SolverError
+from .amg_eig import _orthonormalizer  # shared Gram-matrix orthonormalizer
 
 __all__ = ["block_shift_invert_eigsh", "linear_rayleigh_shift"]
 
@@ -67,10 +68,9 @@ def _b_orthonormalize(
         if Q.shape[1]:
             W = W - Q @ (BQ.T @ W)
         BW = B @ W
-        G = W.T @ BW
-        w, U = np.linalg.eigh(0.5 * (G + G.T))
-        keep = w > drop**2 * max(float(w.max(initial=0.0)), 1e-300)
-        U = U[:, keep] / np.sqrt(w[keep])
+        if W.shape[1] == 0:
+            break
+        U = _orthonormalizer(W.T @ BW, drop**2)
         W, BW = W @ U, BW @ U
     return W, BW
 
