@@ -396,12 +396,18 @@ def _solve_block(
         timings["eigensolve"] = timings.get("eigensolve", 0.0) + time.perf_counter() - t0
         if w[-1] >= lam_target or nev >= ntotal:
             break
-        grow = (lam_target / max(w[-1], 1e-300)) ** 1.5 if w[-1] > 0 else 2.0
-        nev = int(min(ntotal, max(nev + 8, math.ceil(nev * min(grow, 4.0) * 1.1))))
+        nev = _next_nev(nev, float(w[-1]), lam_target, ntotal)
         if not quiet:
             print(f"  eigensolver: {w.size} pairs reach λ = {w[-1]:.4g}, retrying with {nev}")
     keep = w <= lam_target if math.isfinite(lam_target) else np.ones(w.size, bool)
     return w[keep], V[:, keep], (lambda: solve)
+
+
+def _next_nev(nev: int, lam_reached: float, lam_target: float, cap: int) -> int:
+    """Pairs to ask for next when ``nev`` pairs reached only ``lam_reached`` < ``lam_target``
+    (Weyl: the count grows like λ^{3/2}; at most 4× per retry, at least 8 more)."""
+    grow = (lam_target / max(lam_reached, 1e-300)) ** 1.5 if lam_reached > 0 else 2.0
+    return int(min(cap, max(nev + 8, math.ceil(nev * min(grow, 4.0) * 1.1))))
 
 
 def _solve_block_amg(A, B, lam_target, ntotal, sigma, nev_guess, quiet, timings):
@@ -417,8 +423,7 @@ def _solve_block_amg(A, B, lam_target, ntotal, sigma, nev_guess, quiet, timings)
         timings["eigensolve"] = timings.get("eigensolve", 0.0) + time.perf_counter() - t0
         if w[-1] >= lam_target or nev >= ntotal or nev >= n - 2:
             break
-        grow = (lam_target / max(w[-1], 1e-300)) ** 1.5 if w[-1] > 0 else 2.0
-        nev = int(min(ntotal, n - 2, max(nev + 8, math.ceil(nev * min(grow, 4.0) * 1.1))))
+        nev = _next_nev(nev, float(w[-1]), lam_target, min(ntotal, n - 2))
         if not quiet:
             print(f"  eigensolver: {w.size} pairs reach λ = {w[-1]:.4g}, retrying with {nev}")
     keep = w <= lam_target if math.isfinite(lam_target) else np.ones(w.size, bool)
