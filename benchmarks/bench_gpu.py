@@ -86,7 +86,7 @@ def main(argv=None) -> int:
     print(f"CPU threads pinned to {args.threads}; device {res.get('device_name', dev)}")
 
     if "assembly" not in args.skip:
-        n = max(2, round((args.tets / 6) ** (1 / 3)))
+        n = 2 * max(1, round((args.tets / 6) ** (1 / 3) / 2))  # even: interface at x = 5
         box = structured_box((10.0, 10.0, 10.0), (n, n, n), x_interfaces=[5.0], jitter=0.1)
         row = {"ntet": box.ntet}
         for d in devices:
