@@ -39,7 +39,7 @@ import sys
 import time
 from pathlib import Path
 
-_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+from _threads import THREAD_VARS, thread_env
 
 
 def _status_kb(field: str) -> int | None:
@@ -150,7 +150,7 @@ def run_size(ntet: float, repeat: int, threads: int) -> dict:
         "ndof": mesh.ndof,
         "nnz": fp.pattern.nnz,
         "threads": torch.get_num_threads(),
-        "thread_env": {v: os.environ.get(v) for v in (*_THREAD_VARS, "OMP_WAIT_POLICY")},
+        "thread_env": {v: os.environ.get(v) for v in (*THREAD_VARS, "OMP_WAIT_POLICY")},
         "load_before": load0,
         "load_after": os.getloadavg()[0],
         "pattern_s": t_pattern,
@@ -197,9 +197,9 @@ def main(argv=None) -> int:
     if args.child is not None:  # one size, results as JSON on the last stdout line
         print(json.dumps(run_size(args.child, args.repeat, args.threads)))
         return 0
-    env = dict(os.environ, **{v: str(args.threads) for v in _THREAD_VARS})
+    env = thread_env(args.threads)
     print(
-        f"threads = {args.threads} ({', '.join(_THREAD_VARS)} and torch), median of "
+        f"threads = {args.threads} ({', '.join(THREAD_VARS)} and torch), median of "
         f"{args.repeat} runs, one subprocess per size"
     )
     rows = []

@@ -31,22 +31,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from _threads import pin_threads, thread_env
+
 SIZES = {"10k": 0.35, "50k": 0.2, "100k": 0.158}  # gmsh target edge length h (µm)
 BVALUES = [500.0, 1000.0, 2000.0, 3000.0, 4000.0]
 DIRECTIONS = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
 DELTA, BIG_DELTA, NSTEPS, D0 = 10000.0, 43100.0, 50, 0.002
-
-
-def _pin_threads(n: int) -> None:
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = str(n)
 
 
 def _peak_mb() -> float:
@@ -201,9 +197,7 @@ def _run_phase(args, phase, size, extra=()) -> dict:
         "--baseline-columns", f"{size}:{args.baseline_columns.get(size, 15)}",
         "--mesh-dir", str(args.mesh_dir), *extra,
     ]  # fmt: skip
-    env = dict(os.environ)
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        env[var] = str(args.threads)
+    env = thread_env(args.threads)
     out = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if out.returncode:
         raise RuntimeError(f"phase {phase} ({size}) failed:\n{out.stderr[-3000:]}")
@@ -227,7 +221,7 @@ def main(argv=None) -> int:
     ap.add_argument("--mesh-dir", type=Path, default=Path("/tmp/spindoctor_bench_meshes"))
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/bench_btpde.json"))
     args = ap.parse_args(argv)
-    _pin_threads(args.threads)
+    pin_threads(args.threads)
     if isinstance(args.baseline_columns, str):
         try:
             cols = dict(item.split(":") for item in args.baseline_columns.split(","))

@@ -32,13 +32,10 @@ import sys
 import time
 from pathlib import Path
 
+from _threads import pin_threads, thread_env
+
 SIZES = {"20k": 0.27, "100k": 0.158}  # gmsh target edge length h (µm) of the R = 5 µm ball
 D0 = 0.002
-
-
-def _pin_threads(n: int) -> None:
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = str(n)
 
 
 def _pencil(size: str | None, prefix: str | None, mesh_dir: Path):
@@ -127,9 +124,7 @@ def _run_phase(args, phase: str, size: str | None) -> dict:
         "--mesh-dir", str(args.mesh_dir),
     ]  # fmt: skip
     cmd += ["--pencil", args.pencil] if args.pencil else ["--sizes", size]
-    env = dict(os.environ)
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        env[var] = str(args.threads)
+    env = thread_env(args.threads)
     out = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if out.returncode:
         raise RuntimeError(f"phase {phase} ({size or args.pencil}) failed:\n{out.stderr[-3000:]}")
@@ -149,7 +144,7 @@ def main(argv=None) -> int:
     ap.add_argument("--mesh-dir", type=Path, default=Path("/tmp/spindoctor_bench_meshes"))
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/bench_eig_amg.json"))
     args = ap.parse_args(argv)
-    _pin_threads(args.threads)
+    pin_threads(args.threads)
 
     if args.phase:  # child process
         import torch

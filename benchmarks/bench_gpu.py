@@ -12,10 +12,11 @@ synchronized before every clock read):
 * MF gradient: ``solve_mf`` forward and backward of Σ|S|² to the points (length scale
   ``--grad-length-scale``), eigen step included (it runs on the CPU on both sides).
 
-Meshes for the MF parts come from ``--mesh`` (an ``.npz`` with ``points``, ``tetrahedra``,
-``tet_labels``, e.g. written by ``TetMesh``'s arrays) so that the device machine needs no
-gmsh; without it a structured box is used. CPU threads are pinned (``--threads``) and
-reported. Run: ``python benchmarks/bench_gpu.py --device cuda --mesh ball_2k.npz``.
+The MF parts run on bench_mf's gmsh ball (radius 5 µm, edge ``--ball-h``, 2,476 nodes at the
+default 0.6). ``--mesh`` names an ``.npz`` (``points``, ``tetrahedra``, ``tet_labels``) that
+is read when it exists and otherwise written from the ball, so that a GPU machine without
+gmsh can reuse a mesh made elsewhere. CPU threads are pinned (``--threads``) and reported.
+Run: ``python benchmarks/bench_gpu.py --device cuda --mesh ball_2k.npz``.
 """
 
 from __future__ import annotations
@@ -28,12 +29,15 @@ import time
 import warnings
 from pathlib import Path
 
+from _threads import pin_threads
+
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--tets", type=float, default=1e6)
     ap.add_argument("--mesh", type=Path, default=None)
+    ap.add_argument("--ball-h", type=float, default=0.6, help="gmsh ball edge length, µm")
     ap.add_argument("--nmode", type=int, default=300)
     ap.add_argument("--grad-length-scale", type=float, default=1.0)
     ap.add_argument("--repeat", type=int, default=5)
@@ -41,8 +45,7 @@ def main(argv=None) -> int:
     ap.add_argument("--skip", nargs="*", default=[], choices=["assembly", "signals", "grad"])
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results_gpu.json"))
     args = ap.parse_args(argv)
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = str(args.threads)
+    pin_threads(args.threads)
 
     import numpy as np
     import torch
@@ -112,11 +115,20 @@ def main(argv=None) -> int:
             )
         res["assembly"] = row
 
-    if args.mesh is not None:
+    if args.mesh is not None and args.mesh.exists():
         data = np.load(args.mesh)
         mesh = TetMesh(data["points"], data["tetrahedra"], data["tet_labels"])
-    else:
-        mesh = structured_box((10.0, 10.0, 10.0), (14, 14, 14))
+    else:  # the gmsh ball of bench_mf (radius 5 µm), written to --mesh for a later run
+        from spindoctor_torch.mesh.gmsh_recipes import sphere
+
+        mesh = sphere(5.0, h=args.ball_h)
+        if args.mesh is not None:
+            np.savez_compressed(
+                args.mesh,
+                points=mesh.points.numpy(),
+                tetrahedra=mesh.tets.numpy(),
+                tet_labels=mesh.tet_compartment.numpy(),
+            )
     print(f"MF mesh: {mesh.npoint} nodes, {mesh.ntet} tets")
 
     if "signals" not in args.skip:

@@ -6,7 +6,8 @@ Meshes: gmsh balls of radius 5 µm with ~2k, ~20k and ~100k nodes (``--sizes``).
   CHOLMOD when scikit-sparse is installed; also the no-extra paths ``splu`` (N ≤ 40k) and
   ``lobpcg``) side by side with the default SciPy baseline ``eigsh(A, k, M, sigma=-1e-8)``
   (SuperLU with its default ordering) and, where it fits, a dense generalized ``eigh``;
-* signal: 1000 (b, direction) pairs (10 b-values × 100 directions, one PGSE) at ``--nmode``
+* signal (meshes up to ``--signals-max-nodes`` nodes, default 25k): 1000 (b, direction)
+  pairs (10 b-values × 100 directions, one PGSE) at ``--nmode``
   modes (default 300), after the eigen step: the propagation a user gets from ``solve_mf``
   under ``torch.no_grad()`` (in-place Chebyshev series, one batched product per direction),
   the same series with the stacked ``[A_x A_y A_z]`` products (the layout of the gradient
@@ -28,18 +29,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
 from pathlib import Path
 
+from _threads import pin_threads
+
 SIZES = {"2k": 0.6, "20k": 0.27, "100k": 0.155}  # gmsh target edge length h (µm)
-
-
-def _pin_threads(n: int) -> None:
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = str(n)
 
 
 def main(argv=None) -> int:
@@ -52,9 +49,16 @@ def main(argv=None) -> int:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--skip-baseline", action="store_true", help="skip default eigsh")
     ap.add_argument("--skip-grad", action="store_true")
+    ap.add_argument(
+        "--signals-max-nodes",
+        type=int,
+        default=25_000,
+        help="signal part only up to this many nodes (its eigen step of --nmode pairs takes "
+        "minutes at 1e5 nodes)",
+    )
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results_mf.json"))
     args = ap.parse_args(argv)
-    _pin_threads(args.threads)
+    pin_threads(args.threads)
 
     import scipy.sparse.linalg as spla
     import torch
@@ -118,7 +122,7 @@ def main(argv=None) -> int:
             row["eig_dense_scipy_s"] = t
             print(f"eig {args.nev} pairs, dense scipy eigh: {t:.2f} s")
         # ---- signals: 1000 pairs at nmode modes
-        if n <= 25_000:
+        if n <= args.signals_max_nodes:
             t_eig, lap = timed(
                 compute_laplace_eig, model, length_scale=0.5, neig_max=args.nmode, quiet=True
             )

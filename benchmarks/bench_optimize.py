@@ -26,6 +26,8 @@ import argparse
 import os
 import sys
 
+from _threads import pin_threads
+
 
 def _pin_threads(argv) -> int:
     """Read --threads before torch is imported and pin the BLAS/OpenMP pools to it."""
@@ -35,8 +37,7 @@ def _pin_threads(argv) -> int:
             threads = int(argv[k + 1])
         elif a.startswith("--threads="):
             threads = int(a.split("=", 1)[1])
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = str(threads)
+    pin_threads(threads)
     return threads
 
 

@@ -10,11 +10,12 @@ Run: ``python benchmarks/run_all.py [--only assembly mf] [--threads 2]``
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from _threads import thread_env
 
 HERE = Path(__file__).resolve().parent
 
@@ -29,9 +30,7 @@ def main() -> int:
         scripts = [s for s in scripts if s.stem.removeprefix("bench_") in args.only]
     out_dir = HERE / "results"
     out_dir.mkdir(exist_ok=True)
-    env = dict(os.environ)
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        env[var] = str(args.threads)
+    env = thread_env(args.threads)
     failed = []
     for script in scripts:
         print(f"== {script.name} (threads {args.threads})", flush=True)
