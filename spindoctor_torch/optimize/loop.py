@@ -96,10 +96,14 @@ class QualityGuard:
     A step is accepted when no tet of ``geometry.mesh()`` is inverted and the minimum
     normalized radius ratio stays above ``min_radius_ratio`` (or above ``relative`` × its
     initial value, whichever is lower). A rejected step is retried with half the step size
-    (up to ``max_backtracks`` times); if it still fails, ``remesh`` (a callable taking the
-    parameterization and returning a new one, e.g. re-tetrahedralizing the current surface
-    with gmsh) is called when given, otherwise the optimization stops with the last good
-    state.
+    (up to ``max_backtracks`` times); if it still fails, the last good state is restored and
+    ``remesh`` (a callable taking the parameterization and returning a new one, e.g.
+    re-tetrahedralizing the current surface with gmsh) is called when given: the returned
+    parameterization replaces the old one in the fitted parameters and the optimizer restarts
+    on it (fresh state), so ``remesh`` must also make the objective read it (for example by
+    updating the variable the objective closes over). Without ``remesh`` the optimization
+    stops with the last good state. Either way an event in :attr:`History.events` names the
+    failing measure and its value.
     """
 
     min_radius_ratio: float = 0.02
@@ -184,24 +188,27 @@ def fit(
     guard = guard or QualityGuard()
     if seed is not None:
         torch.manual_seed(seed)
-    named = {f"{k}:{n}": t for k, g in enumerate(groups) for n, t in g.parameters.items()}
-    if optimizer == "adam":
+    if optimizer not in ("adam", "lbfgs"):
+        raise SetupError(f"optimizer = {optimizer!r}; allowed: 'adam', 'lbfgs'")
+
+    def make_optimizer() -> torch.optim.Optimizer:
+        named = {f"{k}:{n}": t for k, g in enumerate(groups) for n, t in g.parameters.items()}
+        if optimizer == "lbfgs":
+            return torch.optim.LBFGS(
+                list(named.values()),
+                lr=float(lr) if not isinstance(lr, dict) else 1.0,
+                max_iter=5,
+                line_search_fn="strong_wolfe",
+            )
         if isinstance(lr, dict):
             plist = [
                 {"params": [t], "lr": lr.get(n.split(":", 1)[1], 0.05)} for n, t in named.items()
             ]
         else:
             plist = [{"params": list(named.values()), "lr": lr}]
-        opt = torch.optim.Adam(plist)
-    elif optimizer == "lbfgs":
-        opt = torch.optim.LBFGS(
-            list(named.values()),
-            lr=float(lr) if not isinstance(lr, dict) else 1.0,
-            max_iter=5,
-            line_search_fn="strong_wolfe",
-        )
-    else:
-        raise SetupError(f"optimizer = {optimizer!r}; allowed: 'adam', 'lbfgs'")
+        return torch.optim.Adam(plist)
+
+    opt = make_optimizer()
 
     def snapshot() -> dict:
         return {f"{k}:{n}": v for k, g in enumerate(groups) for n, v in g.values().items()}
@@ -233,7 +240,7 @@ def fit(
         good = snapshot()
         rejected = [0]
 
-        def closure(it=it, geometry=geometry, rejected=rejected):
+        def closure(it=it, geometry=geometry, rejected=rejected, opt=opt):
             opt.zero_grad()
             if optimizer == "lbfgs" and geometry is not None and not guard.quality(geometry)[0]:
                 # A line-search trial point that inverts a tet is never simulated: a huge
@@ -262,12 +269,24 @@ def fit(
             ok, q = guard.quality(geometry)
             nback += 1
         if geometry is not None and (not ok or q < floor):
+            _, _, vmin = guard.measure(geometry)
+            why = (
+                f"min tet volume {vmin:.6g} µm³ <= 0"
+                if not ok
+                else f"min radius ratio {q:.6g} < {floor:.6g}"
+            )
+            why = f"{why} after {nback} halving(s)"
             restore(good)
             if guard.remesh is None:
-                history.events.append(f"iteration {it}: quality guard stopped the fit")
+                history.events.append(f"iteration {it}: quality guard stopped the fit ({why})")
                 break
+            old_geometry = geometry
             geometry = guard.remesh(geometry)
-            history.events.append(f"iteration {it}: remeshed")
+            history.events.append(f"iteration {it}: remeshed ({why})")
+            # Optimize the returned parameterization from now on (its tensors are new leaves,
+            # possibly of other shapes): swap it into the groups and restart the optimizer.
+            groups[:] = [geometry if g is old_geometry else g for g in groups]
+            opt = make_optimizer()
             ok, q = guard.quality(geometry)
         if nback:
             history.events.append(f"iteration {it}: step halved {nback} time(s)")
