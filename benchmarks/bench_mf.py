@@ -5,7 +5,9 @@ Meshes: gmsh balls of radius 5 µm with ~2k, ~20k and ~100k nodes (``--sizes``).
 * eig: the lowest ``--nev`` (default 50) eigenpairs of (K+Q)φ = λMφ by our solver (``auto``:
   CHOLMOD when scikit-sparse is installed; also the no-extra paths ``splu`` (N ≤ 40k) and
   ``lobpcg``) side by side with the default SciPy baseline ``eigsh(A, k, M, sigma=-1e-8)``
-  (SuperLU with its default ordering) and, where it fits, a dense generalized ``eigh``;
+  (SuperLU with its default ordering) and, where it fits (≤ 3000 nodes), a dense generalized
+  ``eigh``; above that the memory of its two dense matrices and its time scaled by n³ from
+  the smallest size of the run are printed instead (where the dense approach stops);
 * signal (meshes up to ``--signals-max-nodes`` nodes, default 25k): 1000 (b, direction)
   pairs (10 b-values × 100 directions, one PGSE) at ``--nmode``
   modes (default 300), after the eigen step: the propagation a user gets from ``solve_mf``
@@ -90,6 +92,7 @@ def main(argv=None) -> int:
         "sizes": {},
     }
     print(f"threads pinned to {args.threads}; CHOLMOD available: {cholmod_available()}")
+    dense_ref = None  # (nodes, seconds) of the dense eigh measured in this run
     for size in args.sizes:
         mesh = sphere(5.0, h=SIZES[size])
         model = Model(mesh, diffusivity=0.002)
@@ -120,7 +123,17 @@ def main(argv=None) -> int:
             Ad, Bd = A.to_dense().numpy(), B.to_dense().numpy()
             t, _ = timed(sla.eigh, Ad, Bd, subset_by_index=(0, args.nev - 1))
             row["eig_dense_scipy_s"] = t
+            dense_ref = (n, t)
             print(f"eig {args.nev} pairs, dense scipy eigh: {t:.2f} s")
+        else:  # where the dense baseline stops: its memory, and its time by n³ scaling
+            gb = 2 * n * n * 8 / 1e9  # the two dense matrices alone, before any workspace
+            row["eig_dense_matrices_gb"] = gb
+            msg = f"eig, dense baseline not run: A and B alone take {gb:.1f} GB"
+            if dense_ref is not None:
+                t_ext = dense_ref[1] * (n / dense_ref[0]) ** 3
+                row["eig_dense_scipy_s_extrapolated"] = t_ext
+                msg += f", ~{t_ext:.0f} s by n³ scaling from {dense_ref[0]} nodes"
+            print(msg)
         # ---- signals: 1000 pairs at nmode modes
         if n <= args.signals_max_nodes:
             t_eig, lap = timed(
