@@ -16,6 +16,7 @@ import re
 import numpy as np
 import pytest
 
+from spindoctor_torch.errors import MeshError
 from spindoctor_torch.mesh.structured import structured_box
 from spindoctor_torch.optimize import Affine, QualityGuard, fit
 
@@ -203,3 +204,20 @@ def test_without_remesh_a_flattening_step_names_the_radius_ratio(box):
     # 6 printed digits (and Adam's ε moving s_x by ~1e-8): relative 1e-5.
     assert abs(float(m.group(1)) - expected) < 1e-5 * expected
     assert float(m.group(2)) == 0.65
+
+
+def test_remesh_returning_an_inverted_mesh_raises(box):
+    """A ``remesh`` that hands back a mesh with inverted tets (a reflected copy) is a bug
+    in the caller's callable: the loop must not optimize on it but raise, naming the volume."""
+    first = Affine(box, "isotropic")
+    bad_points = box.points.clone()
+    bad_points[:, 0] = -bad_points[:, 0]  # a reflection: every tet inverted
+    bad = Affine(box.with_points(bad_points), "isotropic")
+    v_min = float(plain_tet_volumes(bad_points.numpy(), box.tets.numpy()).min())
+    assert v_min < 0
+
+    guard = QualityGuard(max_backtracks=0, remesh=lambda geometry: bad)
+    with pytest.raises(MeshError, match=r"remesh .*min tet volume -") as err:
+        fit(lambda: first.mesh().volume(), first, lr=4.5, maxiter=2, quiet=True, guard=guard)
+    reported = float(re.search(r"min tet volume (-[0-9.e-]+)", str(err.value)).group(1))
+    assert abs(reported - v_min) <= 1e-5 * abs(v_min)

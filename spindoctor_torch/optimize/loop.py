@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import SetupError, SolverError
+from ..errors import MeshError, SetupError, SolverError
 from ..mesh.quality import radius_ratios
 from .parameterizations import Parameterization, PhysicalParameters
 
@@ -288,6 +288,11 @@ def fit(
             groups[:] = [geometry if g is old_geometry else g for g in groups]
             opt = make_optimizer()
             ok, q = guard.quality(geometry)
+            if not ok:
+                raise MeshError(
+                    f"iteration {it}: the mesh returned by QualityGuard.remesh has inverted or "
+                    f"degenerate tets (min tet volume {guard.measure(geometry)[2]:.6g} µm³)"
+                )
         if nback:
             history.events.append(f"iteration {it}: step halved {nback} time(s)")
         if rejected[0]:
