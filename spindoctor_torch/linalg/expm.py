@@ -66,6 +66,11 @@ __all__ = [
 _CACHE_BLOCK_BYTES = 4 * 2**20  # group matrices per thread in an in-place series block
 
 
+def _half_width(lo: float, hi: float) -> float:
+    """Half-width of the Chebyshev interval [lo, hi], kept positive for a point spectrum."""
+    return max(0.5 * (hi - lo), 1e-12 * max(abs(hi), 1.0), 1e-300)
+
+
 def _ellipse_rho(d: float, h: float) -> float:
     """Smallest ρ > 1 whose Bernstein ellipse (foci ±d) contains the rectangle [−d, d]×[−h, h]."""
     h = max(h, 1e-3 * d)
@@ -98,7 +103,7 @@ def chebyshev_coefficients(
     coefficients (m+1,), centre c, half-width d
     """
     c = 0.5 * (lo + hi)
-    d = max(0.5 * (hi - lo), 1e-12 * max(abs(hi), 1.0), 1e-300)
+    d = _half_width(lo, hi)
     rho = _ellipse_rho(d, imag)
     x = tau * d
     # I_k(x) is negligible beyond k ≈ x + 30√x (+ a margin for the ellipse factor ρ^k)
@@ -525,8 +530,8 @@ def expmv_chebyshev(
     tol: float = 1e-10,
     adaptive: bool = True,
 ) -> torch.Tensor:
-    """``exp(−τ K) v`` for a batch of matrices K = H + iN with H, N Hermitian, by a Chebyshev
-    series of fixed degree.
+    """``exp(−τ K) v`` for a batch of matrices K = H + iN with H, N Hermitian, by Chebyshev
+    series of fixed degree (in substeps where one series would lose digits to round-off).
 
     Parameters
     ----------
@@ -540,8 +545,9 @@ def expmv_chebyshev(
     tol : float, error target relative to ‖v‖ (uniform on the field of values, Crouzeix)
     adaptive : bool, default True
         Without derivatives, end the series a posteriori: after the first term j at which
-        the tail ``Σ_{n>j} |a_n| ρ^{n−j}`` times the largest ratio ‖T_i(B)v‖/‖v‖ seen so far
-        (per column) is below ``tol`` (ρ: the ellipse's growth factor per term). The a priori
+        the tail ``Σ_{n>j} |a_n| ρ^{n−j}`` times max(1, ‖T_i(B)v‖/‖v‖) over the last two
+        terms i and all columns is below ``tol`` (ρ: the ellipse's growth factor per term; an
+        estimate, not a bound: it trusts the observed growth). The a priori
         degree assumes the worst growth ‖T_n(B)‖ ≤ ρⁿ from the first term on; the vectors of
         the matrix formalism hardly grow (‖T_n(B)v‖ ≈ ‖v‖), which ends the series ~15 % earlier
         (a posteriori termination as in Al-Mohy & Higham's ``expm_multiply``). The derivative
@@ -564,6 +570,12 @@ def expmv_chebyshev(
     runs in place on two buffers; with a derivative needed a :class:`ColumnOperator` runs a
     hand-written backward (adjoint recurrence; memory: the m Chebyshev vectors, m·k·N complex
     numbers).
+
+    Round-off: the series' terms reach max |exp(−τz)| on the Bernstein ellipse, e^{τ(a−d)}
+    times the result's scale (a, d: the ellipse's and the interval's half-widths). Where that
+    factor times the machine epsilon would exceed tol/10 (strongly oscillatory actions: large
+    cells, high b) the action is split into s equal substeps ``exp(−(τ/s)K)^s`` (each a
+    contraction, tolerance tol/s each). A non-finite result raises :class:`SolverError`.
     """
     op = matvec if isinstance(matvec, ColumnOperator | GroupedOperator) else None
     if op is not None:
@@ -601,7 +613,7 @@ def _substeps(tau: float, lo: float, hi: float, imag: float, tol: float, eps: fl
     For strongly oscillatory actions (large q·‖A‖·τ: large cells, high b) one series would
     lose every digit; s substeps of length τ/s bring the factor down to e^{τ(a−d)/s} ≤
     tol/(10·eps) each (the factors are contractions, so their errors add up)."""
-    d = max(0.5 * (hi - lo), 1e-12 * max(abs(hi), 1.0), 1e-300)
+    d = _half_width(lo, hi)
     rho = _ellipse_rho(d, imag)
     excess = tau * d * (0.5 * (rho + 1.0 / rho) - 1.0)
     budget = max(math.log(tol / (10.0 * eps)), 1.0)
