@@ -10,7 +10,10 @@ synchronized before every clock read):
   ``--nmode`` modes after the eigen step, without gradient; the eigenpairs are computed once
   on the CPU (scipy) and moved to each device, so both sides propagate the same reduction;
 * MF gradient: ``solve_mf`` forward and backward of Σ|S|² to the points (length scale
-  ``--grad-length-scale``), eigen step included (it runs on the CPU on both sides).
+  ``--grad-length-scale``), eigen step included (it runs on the CPU on both sides);
+* BTPDE: ``solve_btpde`` (PGSE, 3 b-values × 3 directions, ``--btpde-steps`` Crank-Nicolson
+  steps per interval) forward and backward of Σ|S|² to the points: on the CPU with the
+  default solver (SuperLU), on the device with COCG (single runs).
 
 The MF parts run on bench_mf's gmsh ball (radius 5 µm, edge ``--ball-h``, 2,476 nodes at the
 default 0.6). ``--mesh`` names an ``.npz`` (``points``, ``tetrahedra``, ``tet_labels``) that
@@ -42,7 +45,10 @@ def main(argv=None) -> int:
     ap.add_argument("--grad-length-scale", type=float, default=1.0)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    ap.add_argument("--skip", nargs="*", default=[], choices=["assembly", "signals", "grad"])
+    ap.add_argument(
+        "--skip", nargs="*", default=[], choices=["assembly", "signals", "grad", "btpde"]
+    )
+    ap.add_argument("--btpde-steps", type=int, default=20, help="CN steps per interval")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results_gpu.json"))
     args = ap.parse_args(argv)
     pin_threads(args.threads)
@@ -58,6 +64,7 @@ def main(argv=None) -> int:
     from spindoctor_torch.mesh.tetmesh import TetMesh
     from spindoctor_torch.model import Model
     from spindoctor_torch.sequences import PGSE
+    from spindoctor_torch.solvers.btpde import solve_btpde
     from spindoctor_torch.solvers.mf import (
         _propagate_sequence,
         _reduce,
@@ -212,6 +219,48 @@ def main(argv=None) -> int:
                 f"backward {t2 - t1:.2f} s, |grad| {float(pts.grad.norm()):.6e}"
             )
         res["grad"] = row
+
+    if "btpde" not in args.skip:
+        row = {"npoint": mesh.npoint, "nsteps_per_interval": args.btpde_steps}
+        sig = {}
+        for d in devices:
+            pts = mesh.points.to(d).clone().requires_grad_(True)
+            ed = Experiment(
+                [PGSE(10000.0, 43100.0)],
+                bvalues=torch.tensor([1000.0, 2000.0, 3000.0], device=d),
+                directions=unit_sphere(3, seed=0).to(d),
+            )
+            sync(d)
+            t0 = time.perf_counter()
+            out = solve_btpde(
+                Model(mesh.with_points(pts), diffusivity=0.002),
+                ed,
+                nsteps=args.btpde_steps,
+                quiet=True,
+            )
+            loss = (out.signal_allcmpts.abs() ** 2).sum()
+            sync(d)
+            t1 = time.perf_counter()
+            loss.backward()
+            sync(d)
+            t2 = time.perf_counter()
+            sig[d.type] = out.signal_allcmpts.detach().cpu()
+            row.update(
+                {
+                    f"{d.type}_solver": out.info.get("solver", "?"),
+                    f"{d.type}_forward_s": t1 - t0,
+                    f"{d.type}_backward_s": t2 - t1,
+                }
+            )
+            print(
+                f"BTPDE (PGSE, 3 b x 3 directions, {args.btpde_steps} CN steps per interval) on "
+                f"{d.type} [{row[f'{d.type}_solver']}]: forward {t1 - t0:.2f} s, backward "
+                f"{t2 - t1:.2f} s"
+            )
+        a, b = sig["cpu"], sig[dev.type]
+        row["max_rel_diff"] = float((a - b).abs().max() / a.abs().max())
+        print(f"max relative difference device/CPU: {row['max_rel_diff']:.1e}")
+        res["btpde"] = row
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(res, indent=2))
