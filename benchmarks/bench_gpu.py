@@ -12,8 +12,9 @@ synchronized before every clock read):
 * MF gradient: ``solve_mf`` forward and backward of Σ|S|² to the points (length scale
   ``--grad-length-scale``), eigen step included (it runs on the CPU on both sides);
 * BTPDE: ``solve_btpde`` (PGSE, 3 b-values × 3 directions, ``--btpde-steps`` Crank-Nicolson
-  steps per interval) forward and backward of Σ|S|² to the points: on the CPU with the
-  default solver (SuperLU), on the device with COCG (single runs).
+  steps per interval) forward and backward of Σ|S|² to the points, with the default solver
+  on each side (CPU: SuperLU up to ``SPLU_MAX_DOF`` dofs, else COCG; device: COCG; the
+  preconditioner is AMG where pyamg is installed, else Jacobi); single runs.
 
 The MF parts run on bench_mf's gmsh ball (radius 5 µm, edge ``--ball-h``, 2,476 nodes at the
 default 0.6). ``--mesh`` names an ``.npz`` (``points``, ``tetrahedra``, ``tet_labels``) that
