@@ -91,6 +91,20 @@ def main(argv=None) -> int:
             ts.append(time.perf_counter() - t0)
         return statistics.median(ts)
 
+    def forward_backward(solve, d):
+        """(result, forward s, backward s) of ``solve()`` and of Σ|S|²'s backward."""
+        sync(d)
+        t0 = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out = solve()
+        loss = (out.signal_allcmpts.abs() ** 2).sum()
+        sync(d)
+        t1 = time.perf_counter()
+        loss.backward()
+        sync(d)
+        return out, t1 - t0, time.perf_counter() - t1
+
     res: dict = {"threads": args.threads, "torch": torch.__version__, "device": str(dev)}
     if dev.type == "cuda":
         res["device_name"] = torch.cuda.get_device_name(dev)
@@ -190,34 +204,24 @@ def main(argv=None) -> int:
                 bvalues=torch.tensor([1000.0, 3000.0], device=d),
                 directions=torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]], device=d),
             )
-            sync(d)
-            t0 = time.perf_counter()
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                out = solve_mf(
-                    Model(mesh.with_points(pts), diffusivity=0.002),
-                    ed,
-                    length_scale=args.grad_length_scale,
-                    neig_max=1000,
-                    quiet=True,
-                )
-            loss = (out.signal_allcmpts.abs() ** 2).sum()
-            sync(d)
-            t1 = time.perf_counter()
-            loss.backward()
-            sync(d)
-            t2 = time.perf_counter()
+            model = Model(mesh.with_points(pts), diffusivity=0.002)
+            out, t_fwd, t_bwd = forward_backward(
+                lambda model=model, ed=ed: solve_mf(
+                    model, ed, length_scale=args.grad_length_scale, neig_max=1000, quiet=True
+                ),
+                d,
+            )
             row.update(
                 {
                     f"{d.type}_nmode": out.info["nmode"],
-                    f"{d.type}_forward_s": t1 - t0,
-                    f"{d.type}_backward_s": t2 - t1,
+                    f"{d.type}_forward_s": t_fwd,
+                    f"{d.type}_backward_s": t_bwd,
                     f"{d.type}_grad_norm": float(pts.grad.norm()),
                 }
             )
             print(
-                f"MF gradient on {d.type}: {out.info['nmode']} modes, forward {t1 - t0:.2f} s, "
-                f"backward {t2 - t1:.2f} s, |grad| {float(pts.grad.norm()):.6e}"
+                f"MF gradient on {d.type}: {out.info['nmode']} modes, forward {t_fwd:.2f} s, "
+                f"backward {t_bwd:.2f} s, |grad| {float(pts.grad.norm()):.6e}"
             )
         res["grad"] = row
 
@@ -231,32 +235,25 @@ def main(argv=None) -> int:
                 bvalues=torch.tensor([1000.0, 2000.0, 3000.0], device=d),
                 directions=unit_sphere(3, seed=0).to(d),
             )
-            sync(d)
-            t0 = time.perf_counter()
-            out = solve_btpde(
-                Model(mesh.with_points(pts), diffusivity=0.002),
-                ed,
-                nsteps=args.btpde_steps,
-                quiet=True,
+            model = Model(mesh.with_points(pts), diffusivity=0.002)
+            out, t_fwd, t_bwd = forward_backward(
+                lambda model=model, ed=ed: solve_btpde(
+                    model, ed, nsteps=args.btpde_steps, quiet=True
+                ),
+                d,
             )
-            loss = (out.signal_allcmpts.abs() ** 2).sum()
-            sync(d)
-            t1 = time.perf_counter()
-            loss.backward()
-            sync(d)
-            t2 = time.perf_counter()
             sig[d.type] = out.signal_allcmpts.detach().cpu()
             row.update(
                 {
                     f"{d.type}_solver": out.info.get("solver", "?"),
-                    f"{d.type}_forward_s": t1 - t0,
-                    f"{d.type}_backward_s": t2 - t1,
+                    f"{d.type}_forward_s": t_fwd,
+                    f"{d.type}_backward_s": t_bwd,
                 }
             )
             print(
                 f"BTPDE (PGSE, 3 b x 3 directions, {args.btpde_steps} CN steps per interval) on "
-                f"{d.type} [{row[f'{d.type}_solver']}]: forward {t1 - t0:.2f} s, backward "
-                f"{t2 - t1:.2f} s"
+                f"{d.type} [{row[f'{d.type}_solver']}]: forward {t_fwd:.2f} s, backward "
+                f"{t_bwd:.2f} s"
             )
         a, b = sig["cpu"], sig[dev.type]
         row["max_rel_diff"] = float((a - b).abs().max() / a.abs().max())
