@@ -194,18 +194,12 @@ def _reference_assembly(mesh, dvals, kappas_pair, relax_cmpt, t2, rho, coupling)
     return {k: v.toarray() for k, v in mats.items()}
 
 
-@pytest.mark.parametrize("coupling", ["weighted", "symmetric"])
-def test_matches_independent_loop_assembly(coupling):
-    mesh = structured_slabs([0.5, 0.75, 0.5], (0.5, 0.5), h=0.25, jitter=0.2, seed=7)
-    rng = np.random.default_rng(1)
-    dvals = []
-    for _ in range(3):
-        a = rng.normal(size=(3, 3))
-        dvals.append(1e-3 * (a @ a.T + np.eye(3)))
+def _assemble_against_loop(mesh, dvals, coupling, names):
+    """``assemble`` of a three-compartment model (diffusion tensors ``dvals``, two permeable
+    interfaces, Robin walls, T2, densities) against :func:`_reference_assembly`: every matrix
+    in ``names`` to 1e-12 relative (round-off of the loop sums). Returns the matrices."""
     kappas = {(0, 1): 3e-4, (1, 2): 7e-4}
-    relax = [1e-5, 0.0, 4e-5]
-    t2 = [3e4, 6e4, 9e4]
-    rho = [1.0, 0.5, 2.0]
+    relax, t2, rho = [1e-5, 0.0, 4e-5], [3e4, 6e4, 9e4], [1.0, 0.5, 2.0]
     model = Model(
         mesh,
         diffusivity=torch.tensor(np.array(dvals)),
@@ -217,20 +211,23 @@ def test_matches_independent_loop_assembly(coupling):
     )
     mats = assemble(model)
     ref = _reference_assembly(mesh, dvals, kappas, relax, t2, rho, coupling)
-    ours = {
-        "M": mats.M,
-        "K": mats.K,
-        "R": mats.R,
-        "Q": mats.Q,
-        "Jx": mats.J[0],
-        "Jy": mats.J[1],
-        "Jz": mats.J[2],
-    }
-    for name, mat in ours.items():
-        dense = mat.to_dense().numpy()
-        scale = np.abs(ref[name]).max()
-        err = np.abs(dense - ref[name]).max() / scale
+    ours = {"M": mats.M, "K": mats.K, "R": mats.R, "Q": mats.Q}
+    ours.update({f"J{x}": J for x, J in zip("xyz", mats.J)})
+    for name in names:
+        err = np.abs(ours[name].to_dense().numpy() - ref[name]).max() / np.abs(ref[name]).max()
         assert err <= 1e-12, f"{name}: max relative deviation {err:.2e} ({coupling})"
+    return mats
+
+
+@pytest.mark.parametrize("coupling", ["weighted", "symmetric"])
+def test_matches_independent_loop_assembly(coupling):
+    mesh = structured_slabs([0.5, 0.75, 0.5], (0.5, 0.5), h=0.25, jitter=0.2, seed=7)
+    rng = np.random.default_rng(1)
+    dvals = []
+    for _ in range(3):
+        a = rng.normal(size=(3, 3))
+        dvals.append(1e-3 * (a @ a.T + np.eye(3)))
+    _assemble_against_loop(mesh, dvals, coupling, ("M", "K", "R", "Q", "Jx", "Jy", "Jz"))
 
 
 def test_boundary_vectors_G_against_normals():
@@ -409,24 +406,8 @@ def test_blocked_assembly_matches_independent_loop(dkind, monkeypatch):
         dvals = [d * np.eye(3) for d in (1e-3, 2.5e-3, 0.7e-3)]
     else:
         dvals = list(_random_spd(rng, 3))
-    kappas = {(0, 1): 3e-4, (1, 2): 7e-4}
-    relax, t2, rho = [1e-5, 0.0, 4e-5], [3e4, 6e4, 9e4], [1.0, 0.5, 2.0]
-    model = Model(
-        mesh,
-        diffusivity=torch.tensor(np.array(dvals)),
-        permeability=kappas,
-        relaxivity=relax,
-        relaxation=t2,
-        density=rho,
-    )
-    mats = assemble(model)
+    mats = _assemble_against_loop(mesh, dvals, "weighted", ("M", "K", "R", "Jx", "Jy", "Jz"))
     assert mats.fem is fp
-    ref = _reference_assembly(mesh, dvals, kappas, relax, t2, rho, "weighted")
-    ours = {"M": mats.M, "K": mats.K, "R": mats.R, "Jx": mats.J[0], "Jy": mats.J[1]}
-    ours["Jz"] = mats.J[2]
-    for name, mat in ours.items():
-        err = np.abs(mat.to_dense().numpy() - ref[name]).max() / np.abs(ref[name]).max()
-        assert err <= 1e-12, f"{name}: max relative deviation {err:.2e} ({dkind})"
     # Compartment volumes from the same pass: the slabs are 0.5 x 0.5 x {0.5, 0.75, 0.5}.
     assert np.allclose(mats.volumes.numpy(), [0.125, 0.1875, 0.125], rtol=1e-12)
 
