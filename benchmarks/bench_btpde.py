@@ -37,6 +37,7 @@ import sys
 import time
 from pathlib import Path
 
+from _meshes import cached_ball
 from _threads import pin_threads, thread_env
 
 SIZES = {"10k": 0.35, "50k": 0.2, "100k": 0.158}  # gmsh target edge length h (µm)
@@ -53,23 +54,11 @@ def _peak_mb() -> float:
 
 def _setup(size: str, mesh_dir: Path):
     """Mesh (cached as .npz), model and experiment."""
-    import numpy as np
-
     from spindoctor_torch.experiment import Experiment
-    from spindoctor_torch.mesh.tetmesh import TetMesh
     from spindoctor_torch.model import Model
     from spindoctor_torch.sequences import PGSE
 
-    path = mesh_dir / f"ball_r5_h{SIZES[size]}.npz"
-    if path.exists():
-        data = np.load(path)
-        mesh = TetMesh(data["points"], data["tets"])
-    else:
-        from spindoctor_torch.mesh import sphere
-
-        mesh = sphere(5.0, h=SIZES[size])
-        mesh_dir.mkdir(parents=True, exist_ok=True)
-        np.savez(path, points=mesh.points.numpy(), tets=mesh.tets.numpy())
+    mesh = cached_ball(SIZES[size], mesh_dir / f"ball_r5_h{SIZES[size]}.npz")
     exp = Experiment([PGSE(DELTA, BIG_DELTA)], bvalues=BVALUES, directions=DIRECTIONS)
     return mesh, Model(mesh, diffusivity=D0), exp
 

@@ -32,6 +32,7 @@ import sys
 import time
 from pathlib import Path
 
+from _meshes import cached_ball
 from _threads import pin_threads, thread_env
 
 SIZES = {"20k": 0.27, "100k": 0.158}  # gmsh target edge length h (µm) of the R = 5 µm ball
@@ -40,25 +41,14 @@ D0 = 0.002
 
 def _pencil(size: str | None, prefix: str | None, mesh_dir: Path):
     """(A, B) as SciPy CSR, from a saved pencil or a (cached) gmsh ball."""
-    import numpy as np
     import scipy.sparse as sp
 
     if prefix:
         return sp.load_npz(f"{prefix}_A.npz").tocsr(), sp.load_npz(f"{prefix}_B.npz").tocsr()
     from spindoctor_torch.fem.assemble import assemble
-    from spindoctor_torch.mesh.tetmesh import TetMesh
     from spindoctor_torch.model import Model
 
-    path = mesh_dir / f"ball_r5_h{SIZES[size]}.npz"
-    if path.exists():
-        data = np.load(path)
-        mesh = TetMesh(data["points"], data["tets"])
-    else:
-        from spindoctor_torch.mesh.gmsh_recipes import sphere
-
-        mesh = sphere(5.0, h=SIZES[size])
-        mesh_dir.mkdir(parents=True, exist_ok=True)
-        np.savez(path, points=mesh.points.numpy(), tets=mesh.tets.numpy())
+    mesh = cached_ball(SIZES[size], mesh_dir / f"ball_r5_h{SIZES[size]}.npz")
     fem = assemble(Model(mesh, diffusivity=D0))
     return sp.csr_matrix((fem.K + fem.Q).to_scipy()), sp.csr_matrix(fem.M.to_scipy())
 

@@ -17,9 +17,9 @@ synchronized before every clock read):
   preconditioner is AMG where pyamg is installed, else Jacobi); single runs.
 
 The MF parts run on bench_mf's gmsh ball (radius 5 µm, edge ``--ball-h``, 2,476 nodes at the
-default 0.6). ``--mesh`` names an ``.npz`` (``points``, ``tetrahedra``, ``tet_labels``) that
-is read when it exists and otherwise written from the ball, so that a GPU machine without
-gmsh can reuse a mesh made elsewhere. CPU threads are pinned (``--threads``) and reported.
+default 0.6). ``--mesh`` names an ``.npz`` (``points``, ``tets``) that is read when it
+exists and otherwise written from the ball, so that a GPU machine without gmsh can reuse a
+mesh made elsewhere. CPU threads are pinned (``--threads``) and reported.
 Run: ``python benchmarks/bench_gpu.py --device cuda --mesh ball_2k.npz``.
 """
 
@@ -33,6 +33,7 @@ import time
 import warnings
 from pathlib import Path
 
+from _meshes import cached_ball
 from _threads import pin_threads
 
 
@@ -54,7 +55,6 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     pin_threads(args.threads)
 
-    import numpy as np
     import torch
 
     torch.set_num_threads(args.threads)
@@ -62,7 +62,6 @@ def main(argv=None) -> int:
     from spindoctor_torch.experiment import Experiment, unit_sphere
     from spindoctor_torch.fem.assemble import assemble
     from spindoctor_torch.mesh.structured import structured_box
-    from spindoctor_torch.mesh.tetmesh import TetMesh
     from spindoctor_torch.model import Model
     from spindoctor_torch.sequences import PGSE
     from spindoctor_torch.solvers.btpde import solve_btpde
@@ -137,20 +136,7 @@ def main(argv=None) -> int:
             )
         res["assembly"] = row
 
-    if args.mesh is not None and args.mesh.exists():
-        data = np.load(args.mesh)
-        mesh = TetMesh(data["points"], data["tetrahedra"], data["tet_labels"])
-    else:  # the gmsh ball of bench_mf (radius 5 µm), written to --mesh for a later run
-        from spindoctor_torch.mesh.gmsh_recipes import sphere
-
-        mesh = sphere(5.0, h=args.ball_h)
-        if args.mesh is not None:
-            np.savez_compressed(
-                args.mesh,
-                points=mesh.points.numpy(),
-                tetrahedra=mesh.tets.numpy(),
-                tet_labels=mesh.tet_compartment.numpy(),
-            )
+    mesh = cached_ball(args.ball_h, args.mesh)
     print(f"MF mesh: {mesh.npoint} nodes, {mesh.ntet} tets")
 
     if "signals" not in args.skip:
