@@ -126,7 +126,25 @@ def chebyshev_coefficients(
     return a, c, d
 
 
-class ColumnOperator:
+class _BatchOperator:
+    """What :class:`ColumnOperator` and :class:`GroupedOperator` share: the size k of the
+    matrices and whether any of their defining tensors (:meth:`_tensors`) needs a gradient."""
+
+    diag: torch.Tensor
+
+    def _tensors(self) -> tuple[torch.Tensor | None, ...]:
+        raise NotImplementedError
+
+    @property
+    def size(self) -> int:
+        return int(self.diag.shape[0])
+
+    @property
+    def requires_grad(self) -> bool:
+        return any(t is not None and t.requires_grad for t in self._tensors())
+
+
+class ColumnOperator(_BatchOperator):
     r"""A batch of complex symmetric matrices, one per column of the vectors it acts on.
 
     .. math::  K_n = \operatorname{diag}(d) + \sum_j c_{jn} M_j, \qquad n = 0, \dots, N-1,
@@ -192,17 +210,11 @@ class ColumnOperator:
         self._buf: torch.Tensor | None = None
 
     @property
-    def size(self) -> int:
-        return int(self.diag.shape[0])
-
-    @property
     def ncol(self) -> int:
         return int(self.coefs.shape[1])
 
-    @property
-    def requires_grad(self) -> bool:
-        ts = (self.diag, self.stack, self.coefs, self.ghost)
-        return any(t is not None and t.requires_grad for t in ts)
+    def _tensors(self):
+        return (self.diag, self.stack, self.coefs, self.ghost)
 
     def shifted(self, shift: float, scale: float) -> ColumnOperator:
         """``scale·(K − shift·I)``, sharing the blocks (the coefficients are scaled)."""
@@ -382,7 +394,7 @@ class _ChebyshevSeries(torch.autograd.Function):
         return gd, gs, gc, ge, None, (g_next if need_v else None), None
 
 
-class GroupedOperator:
+class GroupedOperator(_BatchOperator):
     r"""A batch of complex symmetric matrices whose columns come in groups sharing a matrix.
 
     .. math::  K_{gj} = \operatorname{diag}(d) + F + i\, s_{gj} M_g,
@@ -438,17 +450,11 @@ class GroupedOperator:
         self._buf: torch.Tensor | None = None
 
     @property
-    def size(self) -> int:
-        return int(self.diag.shape[0])
-
-    @property
     def ncol(self) -> int:
         return int(self.scales.numel())
 
-    @property
-    def requires_grad(self) -> bool:
-        ts = (self.diag, self.mats, self.scales, self.shared)
-        return any(t is not None and t.requires_grad for t in ts)
+    def _tensors(self):
+        return (self.diag, self.mats, self.scales, self.shared)
 
     def shifted(self, shift: float, scale: float) -> GroupedOperator:
         """``scale·(K − shift·I)``, sharing the group matrices (the scales are scaled)."""
